@@ -1,0 +1,95 @@
+"""kdpipe command line. Exit codes: 0 ok / promoted, 3 ran but the gate said no, 2 bad input or setting, 1 other errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_GATE_FAILED = 0, 1, 2, 3
+
+
+def _quiet() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def cmd_validate_tokenizers(args) -> int:
+    from kdpipe.modeling import load_tokenizer
+    from kdpipe.tokenizers import compare_tokenizers
+
+    texts = []
+    if args.data:
+        from kdpipe.config import DataConfig
+        from kdpipe.data import read_table
+
+        data = DataConfig(train=args.data, validation=args.data, text_column=args.text_column)
+        frame = read_table(args.data, data)
+        if args.text_column not in frame.columns:
+            print(f"{args.data}: no column {args.text_column!r} (columns: {list(frame.columns)}); use --text-column",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        texts = [t for t in frame[args.text_column].tolist() if isinstance(t, str) and t.strip()][: args.samples]
+    report = compare_tokenizers(load_tokenizer(args.teacher, what="--teacher"),
+                                load_tokenizer(args.student, what="--student"), texts)
+    if report["match"]:
+        print(f"tokenizers match: vocab {report['vocab_size']}, special tokens, normalization and "
+              f"{report['texts_checked']} real texts encode identically")
+        return EXIT_OK
+    print("tokenizers differ; distillation needs identical input ids:", file=sys.stderr)
+    for problem in report["problems"]:
+        print(f"  - {problem}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def cmd_predict(args) -> int:
+    from kdpipe.export import OnnxClassifier
+
+    clf = OnnxClassifier(args.model, int8=args.int8)
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    for row in clf.predict(texts):
+        if args.json:
+            print(json.dumps(row))
+        else:
+            scores = ", ".join(f"{k}={v:.3f}" for k, v in sorted(row["scores"].items(), key=lambda kv: -kv[1])[:5])
+            print(f"{','.join(row['labels']) or '-'}\t{scores}\t{row['text']}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdpipe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate-tokenizers", help="check that teacher and student produce identical input ids")
+    p.add_argument("--teacher", required=True, help="model id or directory")
+    p.add_argument("--student", required=True, help="model id or directory")
+    p.add_argument("--data", help="a csv/tsv/jsonl/parquet file whose texts are encoded by both")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--samples", type=int, default=1000)
+    p.set_defaults(func=cmd_validate_tokenizers)
+
+    p = sub.add_parser("predict", help="labels and scores from an exported ONNX model")
+    p.add_argument("--model", required=True, help="the export folder (model.onnx + tokenizer files)")
+    p.add_argument("--int8", action="store_true", help="use model.int8.onnx")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kdpipe.errors import KdpipeError
+
+    _quiet()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KdpipeError as e:
+        print(f"kdpipe: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""Load, validate and tokenize the data once; infer the label schema; fingerprint the result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kdpipe.config import Config, DataConfig
+from kdpipe.errors import DataError
+
+SINGLE = "single_label_classification"
+MULTI = "multi_label_classification"
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class LabelSchema:
+    problem_type: str
+    label_names: list[str]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RawSplit:
+    """One split as read: the frame plus where it came from, for error messages."""
+
+    name: str
+    source: str
+    frame: pd.DataFrame
+
+
+# ---------------------------------------------------------------- reading
+
+def _file_format(path: str, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    suffix = Path(path).suffix.lower()
+    known = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+    if suffix not in known:
+        raise DataError(f"{path}: cannot tell the format from the extension {suffix!r}; set data.format (csv, tsv, jsonl, parquet)")
+    return known[suffix]
+
+
+def read_table(path: str, cfg: DataConfig) -> pd.DataFrame:
+    fmt = _file_format(path, cfg.format)
+    header = 0 if cfg.header else None
+    try:
+        if fmt in ("csv", "tsv"):
+            # keep_default_na=False: a literal "NA"/"null" review is text, not missing.
+            frame = pd.read_csv(path, sep="," if fmt == "csv" else "\t", header=header, names=cfg.column_names,
+                                dtype=str, keep_default_na=False, na_values=[""])
+        elif fmt == "jsonl":
+            frame = pd.read_json(path, lines=True, dtype=False)
+        else:
+            frame = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{path}: cannot read it as {fmt} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                        f"check data.format / data.header / data.column_names") from None
+    if cfg.column_names and not cfg.header and fmt in ("jsonl", "parquet"):
+        frame.columns = cfg.column_names[: len(frame.columns)]
+    return frame
+
+
+def _read_hub_split(cfg: DataConfig, split: str) -> tuple[pd.DataFrame, dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(cfg.dataset, cfg.dataset_config, split=split)
+    except Exception as e:  # the Hub raises many types; all mean "cannot load this split"
+        raise DataError(f"dataset {cfg.dataset!r} (config {cfg.dataset_config!r}) split {split!r}: cannot load it "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check data.dataset, "
+                        f"data.dataset_config and the split names, and that the Hub is reachable") from None
+    names = {}
+    for col, feature in ds.features.items():
+        if hasattr(feature, "names"):
+            names[col] = list(feature.names)
+        elif hasattr(getattr(feature, "feature", None), "names"):
+            names[col] = list(feature.feature.names)
+    return ds.to_pandas(), names
+
+
+def read_splits(cfg: DataConfig) -> tuple[dict[str, RawSplit], list[str] | None]:
+    """Read every configured split; returns the splits and any label names the source declares."""
+    splits, declared = {}, None
+    for name in SPLITS:
+        where = getattr(cfg, name)
+        if where is None:
+            continue
+        if cfg.dataset:
+            frame, names = _read_hub_split(cfg, where)
+            source = f"{cfg.dataset}[{where}]"
+            if len(cfg.label_columns) == 1 and cfg.label_columns[0] in names:
+                declared = names[cfg.label_columns[0]]
+        else:
+            frame, source = read_table(where, cfg), where
+        splits[name] = RawSplit(name, source, frame)
+    return splits, declared
+
+
+def declared_label_names(cfg: DataConfig) -> list[str] | None:
+    if cfg.label_names is not None:
+        return list(cfg.label_names)
+    if cfg.label_names_file:
+        names = [line.strip() for line in Path(cfg.label_names_file).read_text().splitlines() if line.strip()]
+        if not names:
+            raise DataError(f"{cfg.label_names_file}: no label names in it (one name per line)")
+        return names
+    return None
+
+
+# ---------------------------------------------------------------- validation
+
+def _row_hint(split: RawSplit, i: int, cfg: DataConfig) -> str:
+    text = split.frame[cfg.text_column].iloc[i] if cfg.text_column in split.frame else None
+    shown = repr(text)[:80] if isinstance(text, str) else repr(text)
+    return f"row {i + 1} (data rows counted from 1), text={shown}"
+
+
+def check_columns(split: RawSplit, cfg: DataConfig, need_labels: bool = True) -> None:
+    if split.frame.empty:
+        raise DataError(f"{split.source}: the {split.name} split is empty (no data rows)")
+    need = [cfg.text_column] + (cfg.label_columns if need_labels else [])
+    missing = [c for c in need if c not in split.frame.columns]
+    if missing:
+        raise DataError(f"{split.source}: column(s) {missing} not found; the file has columns {list(split.frame.columns)}. "
+                        f"Set data.text_column / data.label_columns (or data.column_names for a file without a header).")
+
+
+def check_texts(split: RawSplit, cfg: DataConfig) -> list[str]:
+    texts = split.frame[cfg.text_column]
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise DataError(f"{split.source}: column {cfg.text_column!r}, {_row_hint(split, i, cfg)}: empty or missing text. "
+                            f"Remove the row or fill in the text.")
+    return texts.tolist()
+
+
+def _is_listlike(v) -> bool:
+    return isinstance(v, (list, tuple, np.ndarray))
+
+
+def _split_items(v, sep: str) -> list:
+    if _is_listlike(v):
+        return list(v)
+    if isinstance(v, str):
+        return [p.strip() for p in v.split(sep) if p.strip()]
+    return [v]
+
+
+def infer_problem_type(train: RawSplit, cfg: DataConfig) -> str:
+    if cfg.problem_type != "auto":
+        return cfg.problem_type
+    if len(cfg.label_columns) > 1:
+        return MULTI
+    values = train.frame[cfg.label_columns[0]]
+    if any(_is_listlike(v) or (isinstance(v, str) and cfg.label_separator in v) for v in values):
+        return MULTI
+    return SINGLE
+
+
+def _canonical(v):
+    """Label values as read from csv are strings; '1', 1 and 1.0 name the same class."""
+    if isinstance(v, (np.integer, int)) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return int(v)
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v.strip())
+    return v.strip() if isinstance(v, str) else v
+
+
+def _name_lookup(names: list[str]):
+    """Map a label value (name, or integer id into names) to its index."""
+    index = {n: i for i, n in enumerate(names)}
+
+    def lookup(v):
+        v = _canonical(v)
+        if isinstance(v, int) and str(v) not in index:
+            return v if 0 <= v < len(names) else None
+        return index.get(str(v))
+    return lookup
+
+
+def build_schema(train: RawSplit, cfg: DataConfig, declared: list[str] | None) -> LabelSchema:
+    problem_type = infer_problem_type(train, cfg)
+    names = declared_label_names(cfg) or declared
+    if problem_type == MULTI and len(cfg.label_columns) > 1:
+        if names and len(names) != len(cfg.label_columns):
+            raise DataError(f"data.label_names has {len(names)} names but data.label_columns has {len(cfg.label_columns)} columns")
+        return LabelSchema(MULTI, names or list(cfg.label_columns))
+    if names:
+        return LabelSchema(problem_type, names)
+    col = train.frame[cfg.label_columns[0]]
+    values = {_canonical(x) for v in col for x in (_split_items(v, cfg.label_separator) if problem_type == MULTI else [v])
+              if not (isinstance(x, float) and np.isnan(x))}
+    # Integer labels sort numerically; they become names ("0", "1", or "1".."5" for ratings).
+    ordered = sorted(values, key=lambda v: (not isinstance(v, int), v if isinstance(v, int) else str(v)))
+    return LabelSchema(problem_type, [str(v) for v in ordered])
+
+
+def encode_labels(split: RawSplit, cfg: DataConfig, schema: LabelSchema) -> np.ndarray:
+    """Integer class ids (single-label) or a float 0/1 matrix (multi-label); every bad value is reported with its row."""
+    frame = split.frame
+    if schema.problem_type == MULTI and len(cfg.label_columns) > 1:
+        out = np.zeros((len(frame), len(cfg.label_columns)), dtype=np.float32)
+        for j, col in enumerate(cfg.label_columns):
+            for i, v in enumerate(frame[col]):
+                v = _canonical(v)
+                if v not in (0, 1):
+                    raise DataError(f"{split.source}: column {col!r}, {_row_hint(split, i, cfg)}: label value {v!r} "
+                                    f"is not 0 or 1 (multi-label columns hold 0/1 flags)")
+                out[i, j] = v
+        return out
+    col = cfg.label_columns[0]
+    lookup = _name_lookup(schema.label_names)
+    if schema.problem_type == MULTI:
+        out = np.zeros((len(frame), schema.num_labels), dtype=np.float32)
+    else:
+        out = np.zeros(len(frame), dtype=np.int64)
+    for i, v in enumerate(frame[col]):
+        items = _split_items(v, cfg.label_separator) if schema.problem_type == MULTI else [v]
+        if not items or any(x is None or (isinstance(x, float) and np.isnan(x)) for x in items):
+            raise DataError(f"{split.source}: column {col!r}, {_row_hint(split, i, cfg)}: missing label")
+        for x in items:
+            k = lookup(x)
+            if k is None:
+                raise DataError(f"{split.source}: column {col!r}, {_row_hint(split, i, cfg)}: label {x!r} is outside "
+                                f"the label set {schema.label_names[:10]}{'...' if schema.num_labels > 10 else ''}. "
+                                f"Fix the row or set data.label_names.")
+            if schema.problem_type == MULTI:
+                out[i, k] = 1.0
+            else:
+                out[i] = k
+    return out
+
+
+def check_label_coverage(train: RawSplit, labels: np.ndarray, schema: LabelSchema) -> None:
+    counts = labels.sum(axis=0) if schema.problem_type == MULTI else np.bincount(labels, minlength=schema.num_labels)
+    empty = [schema.label_names[k] for k in range(schema.num_labels) if counts[k] == 0]
+    if empty:
+        raise DataError(f"{train.source}: label(s) {empty} have no examples in the train split: the student cannot "
+                        f"learn them. Add examples, use more rows (data.max_train_samples), or drop the label from "
+                        f"data.label_names / data.label_columns.")
+
+
+# ---------------------------------------------------------------- tokenization and artifacts
+
+def _subsample(split: RawSplit, limit: int | None, seed: int) -> RawSplit:
+    if limit is None or len(split.frame) <= limit:
+        return split
+    frame = split.frame.sample(n=limit, random_state=seed).sort_index().reset_index(drop=True)
+    return RawSplit(split.name, split.source, frame)
+
+
+def load_and_validate(cfg: DataConfig) -> tuple[dict[str, tuple[list[str], np.ndarray | None]], LabelSchema]:
+    """All splits as (texts, labels), validated. A test split without the label columns keeps labels=None."""
+    raw, declared = read_splits(cfg)
+    raw["train"] = _subsample(raw["train"], cfg.max_train_samples, cfg.seed)
+    for name in ("validation", "test"):
+        if name in raw:
+            raw[name] = _subsample(raw[name], cfg.max_eval_samples, cfg.seed)
+    for split in raw.values():
+        labelled = split.name != "test" or all(c in split.frame.columns for c in cfg.label_columns)
+        check_columns(split, cfg, need_labels=labelled)
+    schema = build_schema(raw["train"], cfg, declared)
+    if schema.num_labels < 2 and schema.problem_type == SINGLE:
+        raise DataError(f"{raw['train'].source}: column {cfg.label_columns[0]!r} has a single class {schema.label_names}; "
+                        f"classification needs at least two")
+    out = {}
+    for name, split in raw.items():
+        texts = check_texts(split, cfg)
+        labelled = all(c in split.frame.columns for c in cfg.label_columns)
+        labels = encode_labels(split, cfg, schema) if labelled else None
+        if name == "train":
+            check_label_coverage(split, labels, schema)
+        out[name] = (texts, labels)
+    return out, schema
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, list]:
+    # No padding here: the collator pads each batch to its own longest row.
+    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    return {k: enc[k] for k in tokenizer.model_input_names if k in enc}
+
+
+def fingerprint(columns: dict[str, list], labels: np.ndarray | None) -> str:
+    h = hashlib.sha256()
+    for key in sorted(columns):
+        for row in columns[key]:
+            h.update(np.asarray(row, dtype=np.int32).tobytes())
+            h.update(b"|")
+    if labels is not None:
+        h.update(np.ascontiguousarray(labels).tobytes())
+    return h.hexdigest()[:16]
+
+
+def preprocess(cfg: Config, out_dir: str | Path, tokenizer=None) -> dict:
+    """Pipeline step: validated, tokenized splits + label schema + fingerprints under out_dir."""
+    import datasets
+
+    from kdpipe.modeling import load_tokenizer
+
+    out_dir = Path(out_dir)
+    splits, schema = load_and_validate(cfg.data)
+    tokenizer = tokenizer or load_tokenizer(cfg.teacher.model, cfg)
+    dd, fingerprints, sizes = {}, {}, {}
+    for name, (texts, labels) in splits.items():
+        columns = tokenize(tokenizer, texts, cfg.data.max_length)
+        fingerprints[name] = fingerprint(columns, labels)
+        sizes[name] = len(texts)
+        if labels is not None:
+            columns["labels"] = labels.tolist()
+        dd[name] = datasets.Dataset.from_dict(columns)
+    datasets.DatasetDict(dd).save_to_disk(str(out_dir / "dataset"))
+    tokenizer.save_pretrained(str(out_dir / "tokenizer"))
+    lengths = [len(x) for x in dd["train"]["input_ids"]]
+    info = {
+        "schema": schema.to_json(),
+        "fingerprints": fingerprints,
+        "sizes": sizes,
+        "max_length": cfg.data.max_length,
+        "train_tokens_mean": float(np.mean(lengths)),
+        "train_truncated_fraction": float(np.mean([n >= cfg.data.max_length for n in lengths])),
+    }
+    (out_dir / "data_info.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+@dataclass
+class Prepared:
+    """A preprocess step's output, loaded."""
+
+    path: Path
+    dataset: object  # datasets.DatasetDict
+    schema: LabelSchema
+    info: dict
+
+    @property
+    def tokenizer_dir(self) -> str:
+        return str(self.path / "tokenizer")
+
+
+def load_prepared(path: str | Path) -> Prepared:
+    import datasets
+
+    path = Path(path)
+    info_file = path / "data_info.json"
+    if not info_file.is_file():
+        raise DataError(f"{path}: not a preprocessed dataset (no data_info.json); run the preprocess step first")
+    info = json.loads(info_file.read_text())
+    dd = datasets.load_from_disk(str(path / "dataset"))
+    return Prepared(path, dd, LabelSchema(**info["schema"]), info)

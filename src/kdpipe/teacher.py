@@ -1,0 +1,110 @@
+"""Teacher steps: fine-tune when it is not yet a classifier for these labels; evaluate; cache its logits once."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kdpipe.config import Config
+from kdpipe.data import load_prepared
+from kdpipe.errors import DataError
+from kdpipe.metrics import compute_metrics
+from kdpipe.modeling import (classifier_mismatch, count_parameters, load_classifier, load_tokenizer, predict_logits,
+                             torch_latency_ms)
+
+LOGITS_FILE = "teacher_logits.safetensors"
+
+
+def teacher_needs_finetuning(cfg: Config, schema) -> tuple[bool, str]:
+    if cfg.teacher.finetune == "always":
+        return True, "teacher.finetune is 'always'"
+    reason = classifier_mismatch(cfg.teacher.model, schema, cfg.trust_remote_code, cfg.teacher.revision)
+    if cfg.teacher.finetune == "never":
+        if reason:
+            raise DataError(f"teacher.model {cfg.teacher.model!r} is not a classifier for these labels ({reason}) and "
+                            f"teacher.finetune is 'never'; set it to 'auto' or give a fine-tuned teacher")
+        return False, "teacher.finetune is 'never'"
+    return (reason is not None), (reason or "teacher is already a classifier for these labels")
+
+
+def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict:
+    """Pipeline step: supervised fine-tuning of the teacher (the distillation trainer with alpha=1)."""
+    from kdpipe.trainer import DistillationTrainer, KDCollator, train, training_arguments
+
+    prep = load_prepared(data_dir)
+    out_dir = Path(out_dir)
+    tokenizer = load_tokenizer(prep.tokenizer_dir)
+    model = load_classifier(cfg.teacher.model, prep.schema, cfg.trust_remote_code, cfg.teacher.revision,
+                            what="teacher.model")
+    t = cfg.teacher
+    args = training_arguments(out_dir / "checkpoints", epochs=t.epochs, learning_rate=t.learning_rate,
+                              batch_size=t.batch_size, eval_batch_size=cfg.distillation.eval_batch_size,
+                              weight_decay=0.01, warmup=0.1, seed=cfg.distillation.seed,
+                              mixed_precision=cfg.distillation.mixed_precision,
+                              group_by_length=cfg.distillation.group_by_length)
+    trainer = DistillationTrainer(model=model, args=args, train_dataset=prep.dataset["train"],
+                                  eval_dataset=prep.dataset["validation"], data_collator=KDCollator(tokenizer),
+                                  alpha=1.0, problem_type=prep.schema.problem_type)
+    run_key = f"{cfg.teacher.model_dump_json()}|{prep.info['fingerprints']['train']}"
+    stats = train(trainer, out_dir / "checkpoints", run_key)
+    model.save_pretrained(str(out_dir / "model"), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir / "model"))
+    logits = predict_logits(model, prep.dataset["validation"], tokenizer, cfg.distillation.eval_batch_size)
+    metrics = compute_metrics(logits, np.asarray(prep.dataset["validation"]["labels"]), prep.schema,
+                              cfg.metrics.threshold)
+    return {"model_dir": str(out_dir / "model"), "metrics": metrics, **stats}
+
+
+def save_logits(path: Path, logits: np.ndarray, fingerprint: str, teacher: str) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"logits": torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))}, str(path),
+              metadata={"fingerprint": fingerprint, "teacher": teacher})
+
+
+def load_logits(path: str | Path, expected_fingerprint: str) -> np.ndarray:
+    from safetensors import safe_open
+
+    file = Path(path) / LOGITS_FILE if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise DataError(f"{file}: teacher logits not found; run the evaluate-teacher step first")
+    with safe_open(str(file), framework="np") as f:
+        found = f.metadata().get("fingerprint")
+        if found != expected_fingerprint:
+            raise DataError(f"{file}: cached teacher logits were computed on other training data (fingerprint "
+                            f"{found}, data now {expected_fingerprint}); re-run evaluate-teacher")
+        return f.get_tensor("logits")
+
+
+def evaluate_teacher(cfg: Config, data_dir: str | Path, teacher_dir: str, out_dir: str | Path) -> dict:
+    """Pipeline step: teacher metrics + latency on validation, and its logits over train, computed once."""
+    import torch
+
+    prep = load_prepared(data_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(prep.tokenizer_dir)
+    model = load_classifier(teacher_dir, trust_remote_code=cfg.trust_remote_code, what="teacher")
+    if torch.cuda.is_available():
+        model.to("cuda")
+    bs = cfg.distillation.eval_batch_size
+    val_logits = predict_logits(model, prep.dataset["validation"], tokenizer, bs)
+    metrics = compute_metrics(val_logits, np.asarray(prep.dataset["validation"]["labels"]), prep.schema,
+                              cfg.metrics.threshold)
+    start = time.perf_counter()
+    train_logits = predict_logits(model, prep.dataset["train"], tokenizer, bs)
+    logits_s = time.perf_counter() - start
+    save_logits(out_dir / LOGITS_FILE, train_logits, prep.info["fingerprints"]["train"], teacher_dir)
+    result = {
+        "metrics": metrics,
+        "latency_ms_b1": torch_latency_ms(model, 1, cfg.export.latency_seq_len, cfg.export.latency_runs),
+        "parameters": count_parameters(model),
+        "logits_seconds": logits_s,
+        "logits_rows": int(train_logits.shape[0]),
+    }
+    (out_dir / "teacher_eval.json").write_text(json.dumps(result, indent=2))
+    return result

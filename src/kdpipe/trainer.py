@@ -1,0 +1,114 @@
+"""The one trainer for teacher fine-tuning and student distillation: HF Trainer + a KD loss."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from kdpipe.losses import distillation_loss
+
+
+class KDCollator:
+    """Pads token ids per batch and stacks the cached teacher logits that ride along with each row."""
+
+    def __init__(self, tokenizer):
+        self.pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+        self.keys = set(tokenizer.model_input_names) | {"labels"}
+
+    def __call__(self, rows):
+        batch = self.pad([{k: v for k, v in r.items() if k in self.keys} for r in rows])
+        if "teacher_logits" in rows[0]:
+            batch["teacher_logits"] = torch.tensor([r["teacher_logits"] for r in rows], dtype=torch.float32)
+        return batch
+
+
+class DistillationTrainer(Trainer):
+    """Loss = kdpipe.losses.distillation_loss. Teacher logits come from the batch (cached) or from
+    `teacher` run on the same batch (online). Without either, the loss is plain supervised (alpha=1)."""
+
+    # compute_loss returns a per-micro-batch mean: the Trainer must divide it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, alpha=0.5, temperature=4.0, problem_type="single_label_classification",
+                 loss_name="auto", teacher=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.alpha, self.temperature = alpha, temperature
+        self.problem_type, self.loss_name = problem_type, loss_name
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.to(self.args.device).eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        teacher_logits = inputs.pop("teacher_logits", None)
+        outputs = model(**inputs)
+        alpha = self.alpha
+        if teacher_logits is None and self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(**inputs).logits
+        if teacher_logits is None:
+            if model.training and alpha < 1.0:
+                raise RuntimeError("distillation batch without teacher logits: the cached logits were not attached")
+            alpha = 1.0  # evaluation on held-out data: report the supervised loss
+        loss = distillation_loss(outputs.logits, teacher_logits, labels, alpha, self.temperature,
+                                 self.problem_type, self.loss_name)
+        return (loss, outputs) if return_outputs else loss
+
+
+def mixed_precision_flags(setting: str) -> dict:
+    if setting == "no" or not torch.cuda.is_available():
+        return {}
+    if setting == "auto":
+        setting = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {setting: True}
+
+
+def training_arguments(out_dir: str | Path, *, epochs, learning_rate, batch_size, eval_batch_size=128,
+                       gradient_accumulation_steps=1, weight_decay=0.0, warmup=0.0, seed=42,
+                       mixed_precision="auto", group_by_length=True, dataloader_workers=0, **extra) -> TrainingArguments:
+    """Checkpoint and evaluate every epoch (resume picks up the last checkpoint); logs stay quiet for pipeline pods."""
+    settings = dict(
+        output_dir=str(out_dir),
+        num_train_epochs=epochs,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=eval_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        weight_decay=weight_decay,
+        warmup_steps=warmup,
+        seed=seed,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_strategy="steps",
+        logging_steps=50,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
+        dataloader_num_workers=dataloader_workers,
+        **mixed_precision_flags(mixed_precision),
+    )
+    return TrainingArguments(**{**settings, **extra})
+
+
+def train(trainer: Trainer, checkpoint_dir: str | Path, run_key: str) -> dict:
+    """Train, resuming from the newest checkpoint in checkpoint_dir when an interrupted run with the same
+    run_key (settings + data fingerprint) left one; checkpoints of any other run are cleared first."""
+    checkpoint_dir = Path(checkpoint_dir)
+    key_file = checkpoint_dir / "run_key.txt"
+    if checkpoint_dir.is_dir() and (not key_file.is_file() or key_file.read_text() != run_key):
+        shutil.rmtree(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(run_key)
+    last = get_last_checkpoint(str(checkpoint_dir))
+    result = trainer.train(resume_from_checkpoint=last)
+    return {"train_runtime_s": result.metrics.get("train_runtime"), "train_loss": result.training_loss,
+            "resumed_from": last}

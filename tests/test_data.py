@@ -1,0 +1,155 @@
+import numpy as np
+import pytest
+
+from kdpipe.config import load_config
+from kdpipe.data import MULTI, SINGLE, load_and_validate, load_prepared, preprocess
+from kdpipe.errors import DataError
+from tests.conftest import base_config
+
+
+def data_cfg(teacher, train, validation, **data):
+    raw = base_config(teacher, train, validation)
+    raw["data"].update(data)
+    return load_config(raw=raw)
+
+
+def test_sst2_tsv(shared_data, tiny_bert):
+    cfg = data_cfg(tiny_bert, str(shared_data / "sst2/train.tsv"), str(shared_data / "sst2/dev.tsv"),
+                   max_train_samples=500)
+    splits, schema = load_and_validate(cfg.data)
+    assert schema.problem_type == SINGLE and schema.label_names == ["0", "1"]
+    texts, labels = splits["validation"]
+    assert len(texts) == 872 and set(labels) == {0, 1}
+    assert len(splits["train"][0]) == 500
+
+
+def test_goemotions_headerless_multilabel(shared_data, tiny_bert, tmp_path):
+    # A subset keeps the test quick; take rows until every emotion is present.
+    lines = (shared_data / "goemotions/train.tsv").read_text().splitlines()
+    (tmp_path / "train.tsv").write_text("\n".join(lines[:6000]) + "\n")
+    cfg = data_cfg(tiny_bert, str(tmp_path / "train.tsv"), str(shared_data / "goemotions/dev.tsv"),
+                   header=False, column_names=["text", "labels", "id"], text_column="text", label_columns=["labels"],
+                   label_names_file=str(shared_data / "goemotions/emotions.txt"))
+    splits, schema = load_and_validate(cfg.data)
+    assert schema.problem_type == MULTI and schema.num_labels == 28 and schema.label_names[27] == "neutral"
+    texts, labels = splits["validation"]
+    assert labels.shape == (5426, 28)
+    # Row counts per label-count from SOURCE.md: dev has 809 rows with two labels.
+    assert int((labels.sum(1) == 2).sum()) == 809
+    assert not any('""' in t for t in texts)  # CSV-quoted fields are unquoted (doubled quotes undone)
+
+
+def test_jigsaw_csv_six_columns_embedded_newlines(shared_data, tiny_bert):
+    path = str(shared_data / "jigsaw/train_sample300.csv")
+    cols = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+    cfg = data_cfg(tiny_bert, path, path, text_column="comment_text", label_columns=cols)
+    splits, schema = load_and_validate(cfg.data)
+    assert schema.problem_type == MULTI and schema.label_names == cols
+    texts, labels = splits["train"]
+    assert len(texts) == 300 and "\n" in texts[0]
+    assert labels.sum(0).tolist() == [31, 3, 18, 2, 17, 5]  # SOURCE.md positive counts
+
+
+def test_preprocess_writes_tokenized_splits(sst2_small, tiny_bert, tmp_path):
+    cfg = load_config(raw=base_config(tiny_bert, *sst2_small))
+    info = preprocess(cfg, tmp_path / "prep")
+    prep = load_prepared(tmp_path / "prep")
+    assert info["sizes"] == {"train": 400, "validation": 120}
+    lengths = {len(x) for x in prep.dataset["train"]["input_ids"]}
+    assert len(lengths) > 5 and max(lengths) <= 64  # dynamic padding: rows keep their own length
+    again = preprocess(cfg, tmp_path / "prep2")
+    assert again["fingerprints"] == info["fingerprints"]
+    other = preprocess(load_config(raw=base_config(tiny_bert, *sst2_small), overrides=["data.max_length=16"]),
+                       tmp_path / "prep3")
+    assert other["fingerprints"]["train"] != info["fingerprints"]["train"]
+
+
+def test_string_labels_and_jsonl(tmp_path, tiny_bert):
+    rows = [{"text": f"review {i}", "label": ["neg", "pos", "mixed"][i % 3]} for i in range(30)]
+    import json
+
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = data_cfg(tiny_bert, str(tmp_path / "t.jsonl"), str(tmp_path / "t.jsonl"), text_column="text")
+    splits, schema = load_and_validate(cfg.data)
+    assert schema.label_names == ["mixed", "neg", "pos"]
+    assert splits["train"][1][:3].tolist() == [1, 2, 0]
+
+
+# ------------------------------------------------------------ bad input: one clear message each
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+GOOD = "sentence\tlabel\na fine film\t1\na dull film\t0\nquite good\t1\nnot good\t0\n"
+
+
+@pytest.mark.parametrize("train, pattern", [
+    ("sentence\tlabel\na fine film\t1\n\t0\nok\t1\n", r"train.tsv: column 'sentence', row 2 .*empty or missing text"),
+    ("sentence\tlabel\na fine film\t1\n   \t0\nok\t1\n", r"train.tsv: column 'sentence', row 2 .*empty or missing text"),
+    ("text\tlabel\na fine film\t1\nbad\t0\n", r"train.tsv: column\(s\) \['sentence'\] not found; the file has columns \['text', 'label'\]"),
+    ("sentence\tlabel\n", r"train.tsv: the train split is empty"),
+    ("sentence\tlabel\ngood\t1\nbad\t0\nmeh\t\n", r"train.tsv: column 'label', row 3 .*'meh'.*missing label"),
+])
+def test_bad_train_files(tmp_path, tiny_bert, train, pattern):
+    cfg = data_cfg(tiny_bert, write(tmp_path / "train.tsv", train), write(tmp_path / "dev.tsv", GOOD),
+                   text_column="sentence")
+    with pytest.raises(DataError, match=pattern):
+        load_and_validate(cfg.data)
+
+
+def test_label_outside_label_set(tmp_path, tiny_bert):
+    cfg = data_cfg(tiny_bert, write(tmp_path / "train.tsv", GOOD),
+                   write(tmp_path / "dev.tsv", GOOD + "surprising\t2\n"), text_column="sentence")
+    with pytest.raises(DataError, match=r"dev.tsv: column 'label', row 5 .*'surprising'.*label '2' is outside the label set"):
+        load_and_validate(cfg.data)
+
+
+def test_label_without_train_examples(tmp_path, tiny_bert):
+    cfg = data_cfg(tiny_bert, write(tmp_path / "train.tsv", GOOD), write(tmp_path / "dev.tsv", GOOD),
+                   text_column="sentence", label_names=["neg", "pos", "neutral"])
+    with pytest.raises(DataError, match=r"train.tsv: label\(s\) \['neutral'\] have no examples in the train split"):
+        load_and_validate(cfg.data)
+
+
+def test_multilabel_flag_not_binary(tmp_path, tiny_bert):
+    train = write(tmp_path / "train.csv", "text,a,b\nx one,1,0\nx two,0,1\nx three,2,1\n")
+    cfg = data_cfg(tiny_bert, train, train, text_column="text", label_columns=["a", "b"])
+    with pytest.raises(DataError, match=r"train.csv: column 'a', row 3 .*'x three'.*label value 2 is not 0 or 1"):
+        load_and_validate(cfg.data)
+
+
+def test_unreadable_and_unknown_format(tmp_path, tiny_bert):
+    binary = tmp_path / "train.parquet"
+    binary.write_bytes(b"\x00\x01 not parquet at all")
+    cfg = data_cfg(tiny_bert, str(binary), write(tmp_path / "dev.tsv", GOOD), text_column="sentence")
+    with pytest.raises(DataError, match=r"train.parquet: cannot read it as parquet"):
+        load_and_validate(cfg.data)
+    cfg = data_cfg(tiny_bert, write(tmp_path / "train.xlsx", "x"), write(tmp_path / "dev2.tsv", GOOD),
+                   text_column="sentence")
+    with pytest.raises(DataError, match=r"train.xlsx: cannot tell the format.*set data.format"):
+        load_and_validate(cfg.data)
+
+
+def test_hub_dataset_unreachable_is_a_clear_error(tiny_bert, sst2_small):
+    raw = base_config(tiny_bert, *sst2_small)
+    raw["data"].update({"dataset": "glue", "dataset_config": "sst2", "train": "train", "validation": "validation"})
+    cfg = load_config(raw=raw)
+    with pytest.raises(DataError, match=r"dataset 'glue' \(config 'sst2'\) split 'train': cannot load it"):
+        load_and_validate(cfg.data)
+
+
+def test_single_class_rejected(tmp_path, tiny_bert):
+    one = write(tmp_path / "train.tsv", "sentence\tlabel\nfine\t1\ngood\t1\n")
+    cfg = data_cfg(tiny_bert, one, one, text_column="sentence")
+    with pytest.raises(DataError, match="single class"):
+        load_and_validate(cfg.data)
+
+
+def test_unlabelled_test_split_allowed(tmp_path, tiny_bert, shared_data):
+    cfg = data_cfg(tiny_bert, write(tmp_path / "train.tsv", GOOD), write(tmp_path / "dev.tsv", GOOD),
+                   text_column="sentence", test=str(shared_data / "sst2/test.tsv"))
+    splits, _ = load_and_validate(cfg.data)
+    assert splits["test"][1] is None and len(splits["test"][0]) == 1821
+    assert np.asarray(splits["train"][1]).tolist() == [1, 0, 1, 0]

@@ -1,0 +1,159 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kdpipe.cli import main
+from kdpipe.config import load_config
+from kdpipe.data import load_prepared, preprocess
+from kdpipe.errors import DataError, ExportError
+from kdpipe.modeling import derive_student, load_classifier, load_tokenizer, predict_logits
+from kdpipe.teacher import LOGITS_FILE, evaluate_teacher, load_logits, save_logits, teacher_needs_finetuning
+from kdpipe.trainer import DistillationTrainer, KDCollator, training_arguments
+from tests.conftest import base_config, make_tiny_bert
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, sst2_small, bert_tokenizer):
+    root = tmp_path_factory.mktemp("steps")
+    teacher = make_tiny_bert(root / "teacher", bert_tokenizer, layers=4, num_labels=2, seed=1, dropout=0.0)
+    cfg = load_config(raw=base_config(teacher, *sst2_small))
+    preprocess(cfg, root / "prep")
+    return cfg, root, teacher, load_prepared(root / "prep")
+
+
+def one_step_params(prep, teacher_dir, root, *, batch, accumulation, cached, name):
+    """Parameters after one optimizer step of 32 rows, as batch x accumulation."""
+    tokenizer = load_tokenizer(prep.tokenizer_dir)
+    teacher = load_classifier(teacher_dir)
+    student = derive_student(teacher, [0, 2])
+    train = prep.dataset["train"].select(range(64))
+    online = None
+    if cached:
+        train = train.add_column("teacher_logits", predict_logits(teacher, train, tokenizer).tolist())
+    else:
+        online = load_classifier(teacher_dir)
+    args = training_arguments(root / name, epochs=1, learning_rate=0.5, batch_size=batch,
+                              gradient_accumulation_steps=accumulation, group_by_length=False,
+                              max_steps=1, optim="sgd", lr_scheduler_type="constant", save_strategy="no",
+                              eval_strategy="no")
+    DistillationTrainer(model=student, args=args, train_dataset=train, data_collator=KDCollator(tokenizer),
+                        alpha=0.5, temperature=2.0, teacher=online).train()
+    return {k: v.detach().clone() for k, v in student.named_parameters()}
+
+
+def max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_gradient_accumulation_matches_full_batch(setup):
+    _, root, teacher, prep = setup
+    full = one_step_params(prep, teacher, root, batch=32, accumulation=1, cached=True, name="full")
+    accumulated = one_step_params(prep, teacher, root, batch=8, accumulation=4, cached=True, name="acc")
+    start = {k: v for k, v in derive_student(load_classifier(teacher), [0, 2]).named_parameters()}
+    moved = max_diff(full, start)
+    assert moved > 1e-3  # the step did change the weights (SGD: the update is proportional to the gradient)
+    assert max_diff(full, accumulated) < 1e-5 * max(1.0, moved)
+
+
+def test_cached_teacher_logits_equal_online_teacher(setup):
+    _, root, teacher, prep = setup
+    cached = one_step_params(prep, teacher, root, batch=16, accumulation=1, cached=True, name="cached")
+    online = one_step_params(prep, teacher, root, batch=16, accumulation=1, cached=False, name="online")
+    assert max_diff(cached, online) < 1e-5
+
+
+def test_derived_student_keeps_chosen_layers(setup):
+    _, _, teacher_dir, _ = setup
+    teacher = load_classifier(teacher_dir)
+    student = derive_student(teacher, [1, 3])
+    assert student.config.num_hidden_layers == 2
+    t, s = teacher.state_dict(), student.state_dict()
+    key = "bert.encoder.layer.{}.attention.self.query.weight"
+    assert torch.equal(s[key.format(0)], t[key.format(1)]) and torch.equal(s[key.format(1)], t[key.format(3)])
+    assert torch.equal(s["classifier.weight"], t["classifier.weight"])
+    assert torch.equal(s["bert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"])
+    from kdpipe.errors import ConfigError
+    with pytest.raises(ConfigError, match="the teacher has 4 layers"):
+        derive_student(teacher, [0, 4])
+
+
+def test_teacher_needs_finetuning(setup, tiny_bert):
+    cfg, _, teacher, prep = setup
+    assert teacher_needs_finetuning(cfg, prep.schema) == (False, "teacher is already a classifier for these labels")
+    base = cfg.model_copy(deep=True)
+    base.teacher.model = tiny_bert
+    needed, why = teacher_needs_finetuning(base, prep.schema)
+    assert needed and "no sequence-classification head" in why
+    base.teacher.finetune = "never"
+    with pytest.raises(DataError, match="teacher.finetune is 'never'"):
+        teacher_needs_finetuning(base, prep.schema)
+
+
+def test_teacher_logits_cached_and_keyed_to_data(setup):
+    cfg, root, teacher, prep = setup
+    result = evaluate_teacher(cfg, root / "prep", teacher, root / "teval")
+    assert result["logits_rows"] == 400 and set(result["metrics"]) == {"accuracy", "macro_f1"}
+    logits = load_logits(root / "teval", prep.info["fingerprints"]["train"])
+    assert logits.shape == (400, 2)
+    with pytest.raises(DataError, match="computed on other training data"):
+        load_logits(root / "teval", "0" * 16)
+    save_logits(root / "x.safetensors", np.zeros((2, 2)), "abc", "t")
+    assert (root / "teval" / LOGITS_FILE).is_file()
+
+
+def test_distill_resumes_after_interruption(setup, monkeypatch):
+    from kdpipe.distill import distill_student
+
+    cfg, root, teacher, _ = setup
+    evaluate_teacher(cfg, root / "prep", teacher, root / "teval")
+    cfg = cfg.model_copy(deep=True)
+    cfg.distillation.epochs = 2
+    original = DistillationTrainer.compute_loss
+
+    def crash_in_second_epoch(self, *a, **k):
+        if self.state.epoch is not None and self.state.epoch > 1.3:
+            raise RuntimeError("node lost")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(DistillationTrainer, "compute_loss", crash_in_second_epoch)
+    with pytest.raises(RuntimeError, match="node lost"):
+        distill_student(cfg, root / "prep", teacher, root / "teval", root / "student")
+    monkeypatch.setattr(DistillationTrainer, "compute_loss", original)
+    result = distill_student(cfg, root / "prep", teacher, root / "teval", root / "student")
+    assert result["resumed_from"].endswith("checkpoint-13")  # 400 rows / 32 = 13 steps per epoch
+    assert [round(h["epoch"]) for h in result["epoch_history"]] == [1, 2]
+    # A run with other settings does not pick up these checkpoints.
+    cfg.distillation.alpha = 0.9
+    assert distill_student(cfg, root / "prep", teacher, root / "teval", root / "student")["resumed_from"] is None
+
+
+def test_export_parity_metadata_int8_and_predict(setup, capsys):
+    from kdpipe.export import OnnxClassifier, export_onnx
+
+    cfg, root, teacher, prep = setup
+    result = export_onnx(cfg, teacher, root / "prep", root / "onnx")
+    assert result["max_abs_logit_diff"] < cfg.export.parity_tolerance
+    assert result["metrics_fp32"] == result["metrics_torch"]
+    assert (root / "onnx/model.int8.onnx").is_file() and result["int8_metric_drop"] <= cfg.export.max_int8_metric_drop
+    assert set(result["latency_ms"]) == {"fp32_b1", "fp32_b32", "int8_b1", "int8_b32"}
+    clf = OnnxClassifier(root / "onnx")
+    assert clf.labels == ["0", "1"] and clf.problem_type == "single_label_classification"
+    rows = clf.predict(["a gorgeous film", "dull and lifeless", "x " * 300])
+    assert all(abs(sum(r["scores"].values()) - 1) < 1e-5 for r in rows)  # softmax probabilities
+    capsys.readouterr()
+    assert main(["predict", "--model", str(root / "onnx"), "--json", "a gorgeous film"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["labels"][0] in ("0", "1")
+
+
+def test_failed_parity_leaves_nothing(setup, monkeypatch):
+    import kdpipe.export as export
+
+    cfg, root, teacher, _ = setup
+    real = export.onnx_logits
+    monkeypatch.setattr(export, "onnx_logits", lambda *a, **k: real(*a, **k) + 0.01)
+    with pytest.raises(ExportError, match="differ by 1.00e-02"):
+        export.export_onnx(cfg, teacher, root / "prep", root / "onnx-bad")
+    assert not (root / "onnx-bad").exists()
