@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
-# Creates .venv and installs kdpipe with its test extras. Safe to re-run.
+# Creates .venv and installs kdpipe (editable) with its test and cluster extras. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+  "${PYTHON:-python3}" -m venv .venv
 fi
-# torch first and pinned: on a CPU machine this takes the CPU wheel; unpinned, pip would pull CUDA builds.
-.venv/bin/python -m pip install -q --disable-pip-version-check "torch==${KDPIPE_TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+KDPIPE_PYTHON=.venv/bin/python KDPIPE_EDITABLE=1 bash scripts/install.sh dev,k8s

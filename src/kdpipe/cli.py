@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_GATE_FAILED = 0, 1, 2, 3
 
@@ -58,9 +59,41 @@ def cmd_predict(args) -> int:
     return EXIT_OK
 
 
+def cmd_run(args) -> int:
+    from kdpipe.config import load_config
+    from kdpipe.run import print_summary, run_local
+
+    cfg = load_config(args.config, args.set)
+    summary = run_local(cfg, args.output_dir or cfg.output_dir)
+    print_summary(summary)
+    print(f"  summary: {Path(args.output_dir or cfg.output_dir).resolve() / 'summary.json'}")
+    return {"promoted": EXIT_OK, "gate_failed": EXIT_GATE_FAILED, "bad_input": EXIT_BAD_INPUT}.get(
+        summary["status"], EXIT_ERROR)
+
+
+def cmd_compile(args) -> int:
+    from kdpipe_kfp.kdpipe_pipeline import compile_pipeline
+
+    path = compile_pipeline(args.output, accelerator=args.accelerator, gpus=args.gpus)
+    print(f"compiled pipeline: {path}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdpipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the pipeline locally (KFP local runner, MLflow tracking)")
+    p.add_argument("config", help="YAML config (see docs/config.md)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--output-dir", help="pipeline root and summary.json (default: the config's output_dir)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compile", help="write the pipeline YAML for a Kubeflow cluster")
+    p.add_argument("-o", "--output", default="kdpipe_pipeline.yaml")
+    p.add_argument("--accelerator", default="nvidia.com/gpu", help='GPU resource of the training steps ("" = none)')
+    p.add_argument("--gpus", type=int, default=1)
+    p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("validate-tokenizers", help="check that teacher and student produce identical input ids")
     p.add_argument("--teacher", required=True, help="model id or directory")

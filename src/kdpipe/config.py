@@ -192,6 +192,10 @@ def resolve_model_ref(ref: str, base: Path | None = None) -> str:
 
 
 def _resolve_paths(cfg: Config, base: Path) -> None:
+    uri = cfg.tracking.uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Every step (a separate process, maybe elsewhere) must reach the same file.
+        cfg.tracking.uri = "sqlite:///" + str((Path.cwd() / uri.removeprefix("sqlite:///")).resolve())
     cfg.teacher.model = resolve_model_ref(cfg.teacher.model, base)
     if cfg.student.model:
         cfg.student.model = resolve_model_ref(cfg.student.model, base)

@@ -1,0 +1,64 @@
+"""The DAG. Wiring only: every step's logic lives in kdpipe.pipeline_steps."""
+
+
+from pathlib import Path
+
+from kfp import dsl
+
+from kdpipe_kfp.components import (distill_student, evaluate_gate, evaluate_teacher, export_register,
+                                   finish_tracking, prepare_teacher, preprocess, validate_tokenizers)
+
+COMPILED = Path(__file__).with_name("kdpipe_pipeline.yaml")
+RUN = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+
+
+def _on_gpu(task, accelerator: str, count: int):
+    if accelerator and count:
+        task.set_accelerator_type(accelerator).set_accelerator_limit(count)
+    return task
+
+
+def make_pipeline(accelerator: str = "nvidia.com/gpu", gpus: int = 1):
+    """The pipeline; GPU steps (teacher fine-tuning, distillation) ask for `gpus` of `accelerator`
+    (accelerator="" compiles a CPU-only pipeline)."""
+
+    @dsl.pipeline(name="kdpipe", description="Distil a fine-tuned transformer classifier into a small student, "
+                                             "gate it, export verified ONNX and register it in MLflow.")
+    def kdpipe(config_json: str, distill_params_json: str = ""):
+        finish = finish_tracking(config_json=config_json, pipeline_run=RUN)
+        with dsl.ExitHandler(finish, name="tracked-run"):
+            tokens = validate_tokenizers(config_json=config_json, pipeline_run=RUN)
+            data = preprocess(config_json=config_json, pipeline_run=RUN).after(tokens)
+            teacher = _on_gpu(prepare_teacher(config_json=config_json, pipeline_run=RUN,
+                                              dataset=data.outputs["dataset"]), accelerator, gpus)
+            teacher.set_retry(num_retries=2, backoff_duration="60s")
+            teval = _on_gpu(evaluate_teacher(config_json=config_json, pipeline_run=RUN,
+                                             dataset=data.outputs["dataset"], teacher=teacher.outputs["teacher"]),
+                            accelerator, gpus)
+            student = _on_gpu(distill_student(config_json=config_json, pipeline_run=RUN,
+                                              dataset=data.outputs["dataset"], teacher=teacher.outputs["teacher"],
+                                              teacher_logits=teval.outputs["teacher_logits"],
+                                              params_json=distill_params_json), accelerator, gpus)
+            student.set_retry(num_retries=2, backoff_duration="60s")
+            gate = evaluate_gate(config_json=config_json, pipeline_run=RUN, dataset=data.outputs["dataset"],
+                                 student=student.outputs["student"], teacher_logits=teval.outputs["teacher_logits"])
+            with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
+                export_register(config_json=config_json, pipeline_run=RUN, dataset=data.outputs["dataset"],
+                                student=student.outputs["student"], gate=gate.outputs["gate"]).set_retry(
+                                    num_retries=1, backoff_duration="30s")
+            # Every step writes to MLflow (its child run of this pipeline run): a cached step would skip that.
+            for task in (tokens, data, teacher, teval, student, gate):
+                task.set_caching_options(False)
+        finish.set_caching_options(False)
+
+    return kdpipe
+
+
+kdpipe_pipeline = make_pipeline()
+
+
+def compile_pipeline(path: str | Path = COMPILED, accelerator: str = "nvidia.com/gpu", gpus: int = 1) -> Path:
+    from kfp import compiler
+
+    compiler.Compiler().compile(make_pipeline(accelerator, gpus), str(path))
+    return Path(path)

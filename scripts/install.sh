@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs kdpipe into the current Python environment: torch pinned first (CPU wheel by default; set
+# KDPIPE_TORCH_INDEX to a CUDA wheel index for GPU images), then the package with constraints.txt.
+# Used by scripts/setup.sh (developers, CI) and by both Dockerfiles: one install path everywhere.
+#   usage: scripts/install.sh [EXTRAS]      e.g. scripts/install.sh dev,k8s
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${KDPIPE_PYTHON:-python}
+EXTRAS=${1:-}
+TORCH="torch==${KDPIPE_TORCH_VERSION:-2.13.0}"
+PIP=("$PY" -m pip install -q --disable-pip-version-check)
+if [ -n "${KDPIPE_TORCH_INDEX:-}" ]; then
+  "${PIP[@]}" --index-url "$KDPIPE_TORCH_INDEX" "$TORCH"
+else
+  "${PIP[@]}" "$TORCH"
+fi
+"${PIP[@]}" -c constraints.txt ${KDPIPE_EDITABLE:+-e} ".${EXTRAS:+[$EXTRAS]}"

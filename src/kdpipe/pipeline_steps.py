@@ -1,0 +1,197 @@
+"""The pipeline's steps as plain functions: resolved config (JSON) + paths in, a small result dict out.
+
+Each runs inside an MLflow child run of the pipeline's parent run and leaves `result.json` there and in its
+output folder. The KFP components (../../components) call exactly these; so can a test or a notebook.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from kdpipe.config import Config, config_from_json
+from kdpipe.tracking import step_run
+
+TEACHER_REF = "teacher_ref.json"
+
+
+def _finish(out_dir: Path | None, result: dict, started: float) -> dict:
+    import mlflow
+
+    from kdpipe.tracking import log_result
+
+    result["step_seconds"] = time.perf_counter() - started
+    log_result({k: v for k, v in result.items() if k not in ("params",)})
+    mlflow.log_dict(result, "result.json")
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _load(config_json: str) -> Config:
+    return config_from_json(config_json)
+
+
+def validate_tokenizers_step(config_json: str, pipeline_run: str, out_dir: str) -> dict:
+    from kdpipe.tokenizers import validate_tokenizers
+
+    cfg, started, out = _load(config_json), time.perf_counter(), Path(out_dir)
+    with step_run(cfg, pipeline_run, "validate_tokenizers"):
+        out.mkdir(parents=True, exist_ok=True)
+        report = validate_tokenizers(cfg, out / "tokenizer_report.json")
+        return _finish(out, {"match": report["match"], "texts_checked": report["texts_checked"]}, started)
+
+
+def preprocess_step(config_json: str, pipeline_run: str, out_dir: str) -> dict:
+    from kdpipe.data import preprocess
+    from kdpipe.tracking import tag_parent
+
+    cfg, started = _load(config_json), time.perf_counter()
+    with step_run(cfg, pipeline_run, "preprocess"):
+        info = preprocess(cfg, out_dir)
+        tag_parent(cfg, pipeline_run, {"kdpipe.data_fingerprint": info["fingerprints"]["train"],
+                                       "kdpipe.problem_type": info["schema"]["problem_type"]})
+        result = {"rows": info["sizes"], "num_labels": len(info["schema"]["label_names"]),
+                  "problem_type": info["schema"]["problem_type"], "fingerprint": info["fingerprints"]["train"],
+                  "train_tokens_mean": info["train_tokens_mean"],
+                  "train_truncated_fraction": info["train_truncated_fraction"]}
+        return _finish(None, result, started)
+
+
+def teacher_location(teacher_dir: str | Path) -> str:
+    """A prepare_teacher output: the fine-tuned model folder, or a pointer to the given teacher."""
+    ref = Path(teacher_dir) / TEACHER_REF
+    return json.loads(ref.read_text())["model"] if ref.is_file() else str(Path(teacher_dir) / "model")
+
+
+def prepare_teacher_step(config_json: str, pipeline_run: str, data_dir: str, out_dir: str) -> dict:
+    """Fine-tunes the teacher only when it is not yet a classifier for these labels; else passes it through."""
+    from kdpipe.data import load_prepared
+    from kdpipe.teacher import finetune_teacher, teacher_needs_finetuning
+
+    cfg, started, out = _load(config_json), time.perf_counter(), Path(out_dir)
+    with step_run(cfg, pipeline_run, "prepare_teacher"):
+        needed, why = teacher_needs_finetuning(cfg, load_prepared(data_dir).schema)
+        out.mkdir(parents=True, exist_ok=True)
+        result = {"finetuned": needed, "reason": why}
+        if needed:
+            trained = finetune_teacher(cfg, data_dir, out)
+            result.update({"metrics": trained["metrics"], "train_runtime_s": trained["train_runtime_s"]})
+        else:
+            (out / TEACHER_REF).write_text(json.dumps({"model": cfg.teacher.model}))
+        return _finish(out, result, started)
+
+
+def evaluate_teacher_step(config_json: str, pipeline_run: str, data_dir: str, teacher_dir: str, out_dir: str) -> dict:
+    from kdpipe.teacher import evaluate_teacher
+
+    cfg, started = _load(config_json), time.perf_counter()
+    with step_run(cfg, pipeline_run, "evaluate_teacher"):
+        return _finish(Path(out_dir), evaluate_teacher(cfg, data_dir, teacher_location(teacher_dir), out_dir), started)
+
+
+def distill_step(config_json: str, pipeline_run: str, data_dir: str, teacher_dir: str, logits_dir: str,
+                 out_dir: str, params_json: str = "") -> dict:
+    import mlflow
+
+    from kdpipe.distill import distill_student
+
+    cfg, started = _load(config_json), time.perf_counter()
+    params = json.loads(params_json) if params_json else None
+    with step_run(cfg, pipeline_run, "distill_student"):
+        result = distill_student(cfg, data_dir, teacher_location(teacher_dir), logits_dir, out_dir, params)
+        mlflow.log_params({f"distillation.{k}": v for k, v in result["params"].items()})
+        for h in result["epoch_history"]:
+            mlflow.log_metric("eval_loss", h["eval_loss"], step=int(round(h["epoch"])))
+        result.pop("epoch_history")
+        return _finish(Path(out_dir), result, started)
+
+
+def gate_step(config_json: str, pipeline_run: str, data_dir: str, student_dir: str, teacher_eval_dir: str,
+              out_dir: str) -> dict:
+    """Evaluate the student (metrics, latency, confusion matrix) and decide: thresholds, retention, champion."""
+    import numpy as np
+
+    from kdpipe.data import MULTI, load_prepared
+    from kdpipe.gate import evaluate_gate
+    from kdpipe.metrics import compute_metrics, primary_metric
+    from kdpipe.modeling import load_classifier, load_tokenizer, predict_logits, torch_latency_ms
+    from kdpipe.tracking import champion_metric
+
+    cfg, started, out = _load(config_json), time.perf_counter(), Path(out_dir)
+    with step_run(cfg, pipeline_run, "evaluate_gate"):
+        prep = load_prepared(data_dir)
+        model_dir = str(Path(student_dir) / "model")
+        model = load_classifier(model_dir, trust_remote_code=cfg.trust_remote_code, what="student")
+        tokenizer = load_tokenizer(model_dir)
+        val = prep.dataset["validation"]
+        logits = predict_logits(model, val, tokenizer, cfg.distillation.eval_batch_size)
+        labels = np.asarray(val["labels"])
+        metrics = compute_metrics(logits, labels, prep.schema, cfg.metrics.threshold)
+        latency = torch_latency_ms(model, 1, cfg.export.latency_seq_len, cfg.export.latency_runs)
+        teacher = json.loads((Path(teacher_eval_dir) / "teacher_eval.json").read_text())
+        metric = primary_metric(prep.schema, cfg.gate.metric)
+        champion = champion_metric(cfg, metric)
+        decision = evaluate_gate(cfg.gate, metric, metrics, teacher["metrics"], latency,
+                                 None if champion is None else {metric: champion})
+        result = {"passed": decision["passed"], "promote_to_champion": decision["promote_to_champion"],
+                  "reasons": decision["reasons"], "checks": decision["checks"], "metric": metric,
+                  "value": decision.get("value"), "metrics": metrics, "teacher_metrics": teacher["metrics"],
+                  "latency_ms_b1": latency, "champion_value": champion, "label_names": prep.schema.label_names}
+        if prep.schema.problem_type != MULTI:
+            k = prep.schema.num_labels
+            matrix = np.zeros((k, k), dtype=int)
+            np.add.at(matrix, (labels, logits.argmax(-1)), 1)
+            result["confusion_matrix"] = matrix.tolist()
+        import mlflow
+        mlflow.set_tags({"kdpipe.gate_passed": str(decision["passed"]), "kdpipe.gate_metric": metric})
+        mlflow.log_text("\n".join(decision["reasons"]), "gate_reasons.txt")
+        return _finish(out, result, started)
+
+
+def export_register_step(config_json: str, pipeline_run: str, data_dir: str, student_dir: str, gate_dir: str,
+                         out_dir: str) -> dict:
+    """Only reached when the gate passed: export + verify the ONNX model, then register it with its alias."""
+    from kdpipe.export import export_onnx
+    from kdpipe.tracking import register_onnx
+
+    cfg, started = _load(config_json), time.perf_counter()
+    gate = json.loads((Path(gate_dir) / "result.json").read_text())
+    with step_run(cfg, pipeline_run, "export_register"):
+        if not gate["passed"]:
+            raise RuntimeError("export_register reached with a failed gate; refusing to register")
+        exported = export_onnx(cfg, Path(student_dir) / "model", data_dir, out_dir)
+        exported["registry"] = register_onnx(cfg, out_dir, gate)
+        return _finish(None, exported, started)
+
+
+def finish_step(config_json: str, pipeline_run: str, state: str, error: str = "") -> str:
+    """Exit handler: end the parent run FINISHED or FAILED to match the pipeline."""
+    from kdpipe.tracking import finish_parent
+
+    return finish_parent(_load(config_json), pipeline_run, state.upper() == "SUCCEEDED", error or None)
+
+
+# ---------------------------------------------------------------- helpers for the KFP component bodies
+
+def log_kfp_metrics(metrics, result: dict) -> None:
+    """Numbers of a step result into a KFP Metrics artifact (flat names, as the KFP UI shows them)."""
+    from kdpipe.tracking import flatten
+
+    for key, value in flatten(result).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics.log_metric(key, float(value))
+
+
+def markdown(path: str, title: str, result: dict) -> None:
+    lines = [f"# {title}", ""]
+    for reason in result.get("reasons", []):
+        lines.append(f"- {reason}")
+    lines += ["", "| key | value |", "| --- | --- |"]
+    from kdpipe.tracking import flatten
+
+    for key, value in flatten({k: v for k, v in result.items() if k not in ("reasons", "checks")}).items():
+        lines.append(f"| {key} | {value} |")
+    Path(path).write_text("\n".join(lines) + "\n")

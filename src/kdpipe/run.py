@@ -1,0 +1,114 @@
+"""`kdpipe run`: the pipeline on KFP's local runner (no cluster), then a summary read back from MLflow."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from kdpipe.config import Config
+from kdpipe.tracking import ERROR_TAG, ROLE_TAG, child_runs, find_parent
+
+BAD_INPUT_ERRORS = ("ConfigError", "DataError", "TokenizerMismatch", "ModelError")
+
+
+def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None = None) -> dict:
+    """Run the whole pipeline locally; returns the summary (also written to output_dir/summary.json)."""
+    from kfp import local
+
+    from kdpipe_kfp.kdpipe_pipeline import make_pipeline
+
+    output_dir = Path(output_dir).resolve()
+    root = output_dir / "pipeline-root"
+    root.mkdir(parents=True, exist_ok=True)
+    before = set(root.iterdir())
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    started = time.perf_counter()
+    failure = None
+    try:
+        make_pipeline(accelerator="", gpus=0)(config_json=json.dumps(cfg.to_dict()),
+                                              distill_params_json=json.dumps(distill_params) if distill_params else "")
+    except RuntimeError as e:  # the local runner raises when a task fails; details are in MLflow
+        failure = str(e)
+    wall = time.perf_counter() - started
+    new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
+    if not new:
+        raise RuntimeError(f"the local pipeline run left no folder under {root}: {failure}")
+    summary = build_summary(cfg, new[-1].name, wall, new[-1], failure)
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _load_result(run) -> dict:
+    import mlflow
+
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/result.json")
+    except Exception:  # a step that failed before finishing has no result
+        return {}
+
+
+def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, failure: str | None) -> dict:
+    parent = find_parent(cfg, pipeline_run)
+    steps = {r.data.tags.get(ROLE_TAG): r for r in child_runs(cfg, parent.info.run_id)} if parent else {}
+    results = {name: _load_result(r) for name, r in steps.items()}
+    errors = [f"{name}: {r.data.tags[ERROR_TAG]}" for name, r in steps.items() if r.data.tags.get(ERROR_TAG)]
+    gate = results.get("evaluate_gate", {})
+    export = results.get("export_register", {})
+    timings = {name: res.get("step_seconds") for name, res in results.items()}
+    step_total = sum(v for v in timings.values() if v)
+    if errors or failure:
+        status = "bad_input" if any(e.split(": ")[1] in BAD_INPUT_ERRORS for e in errors) else "error"
+    elif gate.get("passed") and export.get("registry"):
+        status = "promoted"
+    elif gate and not gate.get("passed"):
+        status = "gate_failed"
+    else:
+        status = "error"
+    return {
+        "status": status,
+        "pipeline_run": pipeline_run,
+        "pipeline_root": str(run_dir),
+        "teacher": {"metrics": results.get("evaluate_teacher", {}).get("metrics"),
+                    "finetuned": results.get("prepare_teacher", {}).get("finetuned"),
+                    "latency_ms_b1": results.get("evaluate_teacher", {}).get("latency_ms_b1")},
+        "student": {"metrics": gate.get("metrics"), "latency_ms_b1": gate.get("latency_ms_b1"),
+                    "parameters": results.get("distill_student", {}).get("parameters")},
+        "gate": {"passed": bool(gate.get("passed")), "reasons": gate.get("reasons", []), "metric": gate.get("metric"),
+                 "promote_to_champion": gate.get("promote_to_champion")},
+        "onnx": {"path": export.get("path"), "int8_path": export.get("int8_path"),
+                 "max_abs_logit_diff": export.get("max_abs_logit_diff"), "latency_ms": export.get("latency_ms")}
+        if export else None,
+        "registry": export.get("registry"),
+        "mlflow": {"tracking_uri": cfg.tracking.uri, "experiment": cfg.tracking.experiment,
+                   "parent_run_id": parent.info.run_id if parent else None},
+        "timings": {"steps": timings, "steps_total_s": step_total, "pipeline_wall_s": wall,
+                    "orchestration_overhead_s": wall - step_total,
+                    "orchestration_overhead_fraction": (wall - step_total) / wall if wall else None},
+        "errors": errors or ([failure] if failure else []),
+    }
+
+
+def print_summary(summary: dict) -> None:
+    def fmt(metrics):
+        return ", ".join(f"{k} {v:.4f}" for k, v in (metrics or {}).items() if not k.startswith("roc_auc_")
+                         or k == "roc_auc_macro") or "-"
+
+    print("\nkdpipe run", summary["pipeline_run"], "->", summary["status"].upper())
+    print(f"  {'step':<22}{'seconds':>9}")
+    for step, seconds in summary["timings"]["steps"].items():
+        print(f"  {step:<22}{'failed' if seconds is None else f'{seconds:.1f}':>9}")
+    t = summary["timings"]
+    print(f"  {'pipeline wall time':<22}{t['pipeline_wall_s']:>9.1f}  (orchestration overhead "
+          f"{100 * (t['orchestration_overhead_fraction'] or 0):.1f}%)")
+    print(f"  teacher: {fmt(summary['teacher']['metrics'])}")
+    print(f"  student: {fmt(summary['student']['metrics'])}")
+    print(f"  gate: {'passed' if summary['gate']['passed'] else 'FAILED'}")
+    for reason in summary["gate"]["reasons"]:
+        print(f"    - {reason}")
+    if summary.get("registry"):
+        r = summary["registry"]
+        print(f"  registered {r['registered_model']} v{r['version']} aliases {r['aliases']}; ONNX: {summary['onnx']['path']}")
+    for error in summary["errors"]:
+        print(f"  error: {error}")
+    print(f"  MLflow parent run {summary['mlflow']['parent_run_id']} ({summary['mlflow']['tracking_uri']})")

@@ -1,0 +1,163 @@
+"""The KFP pipeline: compiled YAML kept fresh, configs load and compile, and real local runs of both gate
+branches and of bad input (KFP local runner, MLflow on SQLite), with tiny models."""
+
+import json
+
+import pytest
+import yaml
+
+from kdpipe.cli import main
+from tests.conftest import base_config, make_tiny_bert
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_compiled_pipeline_is_up_to_date(tmp_path):
+    from kdpipe_kfp.kdpipe_pipeline import COMPILED, compile_pipeline
+
+    fresh = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
+    assert COMPILED.is_file(), "run `kdpipe compile -o pipelines/kdpipe_pipeline.yaml`"
+    assert yaml.safe_load(COMPILED.read_text()) == fresh, \
+        "pipelines/kdpipe_pipeline.yaml is stale: run `kdpipe compile -o pipelines/kdpipe_pipeline.yaml`"
+
+
+def test_pipeline_shape_gpu_retries_and_gate():
+    from kdpipe_kfp.kdpipe_pipeline import COMPILED
+
+    spec = yaml.safe_load(COMPILED.read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    gpu = {name for name, ex in executors.items() if ex["container"].get("resources", {}).get("accelerator")}
+    assert gpu == {"exec-prepare-teacher", "exec-evaluate-teacher", "exec-distill-student"}
+    root = spec["root"]["dag"]["tasks"]
+    handler = next(t for name, t in root.items() if name.startswith("exit-handler"))
+    tasks = spec["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
+    assert tasks["distill-student"]["retryPolicy"]["maxRetryCount"] == 2
+    branch = next(t for name, t in tasks.items() if name.startswith("condition"))
+    assert branch["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-gate-Output'] == true"
+    inside = spec["components"][branch["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(inside) == ["export-register"]
+    assert all(t["cachingOptions"].get("enableCache") in (None, False) for t in tasks.values() if "cachingOptions" in t)
+    exit_task = spec["root"]["dag"]["tasks"]["finish-tracking"]
+    assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+
+
+def test_shipped_configs_load_and_compile(tmp_path, shared_data):
+    from kdpipe.config import load_config
+
+    demo = load_config(ROOT / "configs/demo.yaml")
+    assert demo.student.layers == [0, 5] and demo.teacher.model.endswith("model")
+    sst2 = load_config(ROOT / "configs/sst2-bert-tiny.yaml")
+    assert (sst2.teacher.model, sst2.student.model) == ("textattack/bert-base-uncased-SST-2",
+                                                        "google/bert_uncased_L-2_H-128_A-2")
+    assert (sst2.distillation.epochs, sst2.distillation.batch_size, sst2.distillation.learning_rate,
+            sst2.distillation.alpha, sst2.distillation.temperature) == (7, 128, 6e-5, 0.5, 4.0)
+    jigsaw = str(shared_data / "jigsaw/train_sample300.csv")
+    toxic = load_config(ROOT / "configs/toxic-bert-tiny.yaml", [f"data.train={jigsaw}", f"data.validation={jigsaw}"])
+    assert len(toxic.data.label_columns) == 6
+    assert main(["compile", "-o", str(tmp_path / "k.yaml")]) == 0
+    assert (tmp_path / "k.yaml").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, bert_tokenizer, sst2_small):
+    """A tiny base encoder (needs fine-tuning, like MiniLM) and a config that writes into a fresh folder."""
+    root = tmp_path_factory.mktemp("pipeline")
+    teacher = make_tiny_bert(root / "teacher", bert_tokenizer, layers=2, hidden=32)
+    raw = base_config(teacher, *sst2_small)
+    raw["student"] = {"layers": [0]}
+    raw["tracking"] = {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "pipeline-test",
+                       "registered_model": "tiny-student"}
+    (root / "config.yaml").write_text(yaml.safe_dump(raw))
+    return root
+
+
+def registered_versions(root):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    try:
+        return client.search_model_versions("name='tiny-student'")
+    except Exception:
+        return []
+
+
+def parent_and_children(root, run_id):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    parent = client.get_run(run_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    return parent, {c.data.tags["kdpipe.role"]: c for c in children}
+
+
+def test_gate_passes_exports_and_registers(tiny_run, capsys):
+    out = tiny_run / "pass"
+    code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), "--set", "gate.min_metric=0.0"])
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 0, (summary, printed)
+    assert summary["status"] == "promoted" and summary["gate"]["passed"]
+    assert summary["teacher"]["finetuned"] is True
+    for key in ("teacher", "student"):
+        assert set(summary[key]["metrics"]) == {"accuracy", "macro_f1"}
+    steps = ["validate_tokenizers", "preprocess", "prepare_teacher", "evaluate_teacher", "distill_student",
+             "evaluate_gate", "export_register"]
+    assert list(summary["timings"]["steps"]) == steps and all(summary["timings"]["steps"].values())
+    # Every step is a KFP task with its outputs under the pipeline root.
+    run_dir = __import__("pathlib").Path(summary["pipeline_root"])
+    for task in ["validate-tokenizers", "preprocess", "prepare-teacher", "evaluate-teacher", "distill-student",
+                 "evaluate-gate", "export-register", "finish-tracking"]:
+        assert (run_dir / task / "executor_output.json").is_file(), task
+    assert (run_dir / "export-register/onnx_model/model.onnx").is_file()
+    # MLflow: one parent FINISHED, one child per step, a registered version with its aliases.
+    parent, children = parent_and_children(tiny_run, summary["mlflow"]["parent_run_id"])
+    assert parent.info.status == "FINISHED" and sorted(children) == sorted(steps)
+    assert parent.data.tags["kdpipe.data_fingerprint"] and parent.data.tags["kdpipe.config_hash"]
+    assert "distillation.alpha" in parent.data.params and "tracking.uri" in parent.data.params
+    versions = registered_versions(tiny_run)
+    assert len(versions) == 1 and set(summary["registry"]["aliases"]) == {"challenger", "champion"}
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{tiny_run}/mlflow.db")
+    assert client.get_model_version_by_alias("tiny-student", "champion").version == versions[0].version
+    # The registered ONNX model loads through MLflow, and `kdpipe predict` reads the exported one.
+    import mlflow.onnx
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_run}/mlflow.db")
+    assert mlflow.onnx.load_model("models:/tiny-student@champion").graph.output[1].name == "probabilities"
+    assert main(["predict", "--model", summary["onnx"]["path"].rsplit("/", 1)[0], "a lovely film"]) == 0
+
+
+def test_gate_fails_nothing_exported_or_registered(tiny_run, capsys):
+    before = len(registered_versions(tiny_run))
+    out = tiny_run / "fail"
+    code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), "--set", "gate.min_metric=0.99"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 3, summary
+    assert summary["status"] == "gate_failed" and not summary["gate"]["passed"]
+    assert any("gate.min_metric 0.99" in r for r in summary["gate"]["reasons"])
+    assert summary["onnx"] is None and summary["registry"] is None
+    assert not (__import__("pathlib").Path(summary["pipeline_root"]) / "export-register").exists()
+    assert len(registered_versions(tiny_run)) == before
+    parent, children = parent_and_children(tiny_run, summary["mlflow"]["parent_run_id"])
+    assert parent.info.status == "FINISHED" and "export_register" not in children
+
+
+def test_bad_data_fails_at_preprocess_with_the_core_message(tiny_run, tmp_path, capsys):
+    before = len(registered_versions(tiny_run))
+    bad = tmp_path / "train.tsv"
+    bad.write_text("sentence\tlabel\na fine film\t1\n\t0\nflat\t0\n")
+    out = tiny_run / "bad"
+    code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), "--set", f"data.train={bad}"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 2, summary
+    assert summary["status"] == "bad_input"
+    assert any("preprocess: DataError" in e and "train.tsv: column 'sentence', row 2" in e for e in summary["errors"])
+    parent, children = parent_and_children(tiny_run, summary["mlflow"]["parent_run_id"])
+    assert parent.info.status == "FAILED" and "DataError" in parent.data.tags["kdpipe.error"]
+    assert children["preprocess"].info.status == "FAILED" and "prepare_teacher" not in children
+    assert len(registered_versions(tiny_run)) == before
+
+
+def test_bad_config_fails_before_the_pipeline(tiny_run, capsys):
+    code = main(["run", str(tiny_run / "config.yaml"), "--set", "distillation.alpha=3"])
+    assert code == 2
+    assert "distillation.alpha" in capsys.readouterr().err
