@@ -18,9 +18,19 @@ def _on_gpu(task, accelerator: str, count: int):
     return task
 
 
-def make_pipeline(accelerator: str = "nvidia.com/gpu", gpus: int = 1):
-    """The pipeline; GPU steps (teacher fine-tuning, distillation) ask for `gpus` of `accelerator`
-    (accelerator="" compiles a CPU-only pipeline)."""
+def _with_secrets(task, secret: str):
+    """Credentials reach the steps only as environment variables from a Kubernetes Secret (k8s/base)."""
+    if secret:
+        from kfp import kubernetes
+
+        kubernetes.use_secret_as_env(task, secret, {"MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN",
+                                                    "HF_TOKEN": "HF_TOKEN"}, optional=True)
+    return task
+
+
+def make_pipeline(accelerator: str = "nvidia.com/gpu", gpus: int = 1, secret: str = "kdpipe-mlflow"):
+    """The pipeline; GPU steps (teacher fine-tuning, teacher logits, distillation) ask for `gpus` of
+    `accelerator` (accelerator="" compiles a CPU-only pipeline); `secret` ("" for none) feeds credentials."""
 
     @dsl.pipeline(name="kdpipe", description="Distil a fine-tuned transformer classifier into a small student, "
                                              "gate it, export verified ONNX and register it in MLflow.")
@@ -43,13 +53,14 @@ def make_pipeline(accelerator: str = "nvidia.com/gpu", gpus: int = 1):
             gate = evaluate_gate(config_json=config_json, pipeline_run=RUN, dataset=data.outputs["dataset"],
                                  student=student.outputs["student"], teacher_logits=teval.outputs["teacher_logits"])
             with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
-                export_register(config_json=config_json, pipeline_run=RUN, dataset=data.outputs["dataset"],
-                                student=student.outputs["student"], gate=gate.outputs["gate"]).set_retry(
-                                    num_retries=1, backoff_duration="30s")
+                register = export_register(config_json=config_json, pipeline_run=RUN, dataset=data.outputs["dataset"],
+                                           student=student.outputs["student"], gate=gate.outputs["gate"])
+                register.set_retry(num_retries=1, backoff_duration="30s")
             # Every step writes to MLflow (its child run of this pipeline run): a cached step would skip that.
-            for task in (tokens, data, teacher, teval, student, gate):
+            for task in (tokens, data, teacher, teval, student, gate, register):
                 task.set_caching_options(False)
-        finish.set_caching_options(False)
+                _with_secrets(task, secret)
+        _with_secrets(finish.set_caching_options(False), secret)
 
     return kdpipe
 

@@ -15,16 +15,16 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 def test_compiled_pipeline_is_up_to_date(tmp_path):
     from kdpipe_kfp.kdpipe_pipeline import COMPILED, compile_pipeline
 
-    fresh = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
+    fresh = list(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text()))
     assert COMPILED.is_file(), "run `kdpipe compile -o pipelines/kdpipe_pipeline.yaml`"
-    assert yaml.safe_load(COMPILED.read_text()) == fresh, \
+    assert list(yaml.safe_load_all(COMPILED.read_text())) == fresh, \
         "pipelines/kdpipe_pipeline.yaml is stale: run `kdpipe compile -o pipelines/kdpipe_pipeline.yaml`"
 
 
 def test_pipeline_shape_gpu_retries_and_gate():
     from kdpipe_kfp.kdpipe_pipeline import COMPILED
 
-    spec = yaml.safe_load(COMPILED.read_text())
+    spec, platform = yaml.safe_load_all(COMPILED.read_text())
     executors = spec["deploymentSpec"]["executors"]
     gpu = {name for name, ex in executors.items() if ex["container"].get("resources", {}).get("accelerator")}
     assert gpu == {"exec-prepare-teacher", "exec-evaluate-teacher", "exec-distill-student"}
@@ -37,6 +37,11 @@ def test_pipeline_shape_gpu_retries_and_gate():
     inside = spec["components"][branch["componentRef"]["name"]]["dag"]["tasks"]
     assert list(inside) == ["export-register"]
     assert all(t["cachingOptions"].get("enableCache") in (None, False) for t in tasks.values() if "cachingOptions" in t)
+    # Credentials only from the Kubernetes Secret, as environment variables, for every step.
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(k8s) == set(executors)
+    assert all(e["secretAsEnv"][0]["secretNameParameter"]["runtimeValue"]["constant"] == "kdpipe-mlflow"
+               for e in k8s.values())
     exit_task = spec["root"]["dag"]["tasks"]["finish-tracking"]
     assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
 
@@ -161,3 +166,11 @@ def test_bad_config_fails_before_the_pipeline(tiny_run, capsys):
     code = main(["run", str(tiny_run / "config.yaml"), "--set", "distillation.alpha=3"])
     assert code == 2
     assert "distillation.alpha" in capsys.readouterr().err
+
+
+def test_config_survives_the_local_runner_python3_rewrite():
+    from kdpipe.run import local_safe_json
+
+    value = {"teacher": {"model": "/venv/lib/python3.11/site-packages/pkg/model"}}
+    encoded = local_safe_json(value)
+    assert "python3" not in encoded and json.loads(encoded) == value

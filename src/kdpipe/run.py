@@ -12,6 +12,13 @@ from kdpipe.tracking import ERROR_TAG, ROLE_TAG, child_runs, find_parent
 BAD_INPUT_ERRORS = ("ConfigError", "DataError", "TokenizerMismatch", "ModelError")
 
 
+def local_safe_json(value) -> str:
+    """JSON for a pipeline parameter under KFP's local SubprocessRunner, which rewrites every "python3" in a
+    task's arguments (parameter values included) to its own interpreter path: a site-packages path in the
+    config would be corrupted. A JSON unicode escape hides the substring; json.loads restores it."""
+    return json.dumps(value).replace("python3", "pyth\\u006fn3")
+
+
 def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None = None) -> dict:
     """Run the whole pipeline locally; returns the summary (also written to output_dir/summary.json)."""
     from kfp import local
@@ -26,8 +33,8 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
     started = time.perf_counter()
     failure = None
     try:
-        make_pipeline(accelerator="", gpus=0)(config_json=json.dumps(cfg.to_dict()),
-                                              distill_params_json=json.dumps(distill_params) if distill_params else "")
+        make_pipeline(accelerator="", gpus=0, secret="")(config_json=local_safe_json(cfg.to_dict()),
+                                              distill_params_json=local_safe_json(distill_params) if distill_params else "")
     except RuntimeError as e:  # the local runner raises when a task fails; details are in MLflow
         failure = str(e)
     wall = time.perf_counter() - started

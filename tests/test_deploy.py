@@ -1,0 +1,81 @@
+"""Static checks of what cannot be built or applied here (no Docker engine, no cluster)."""
+
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = [ROOT / "docker/Dockerfile", ROOT / "docker/Dockerfile.cuda"]
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_pinned_non_root_and_same_install_as_ci(dockerfile):
+    ins = instructions(dockerfile)
+    bases = [arg for op, arg in ins if op == "FROM"]
+    assert bases and all(re.search(r":\d[\w.-]*\d", b) and not b.endswith(":latest") for b in bases), bases
+    users = [arg for op, arg in ins if op == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must end as a non-root user"
+    runs = " ".join(arg for op, arg in ins if op == "RUN")
+    assert "bash scripts/install.sh" in runs  # the install CI runs (scripts/setup.sh -> scripts/install.sh)
+    assert "pip install" not in runs, "install only through scripts/install.sh (pinned by constraints.txt)"
+    for pkg in re.findall(r"apt-get install[^&]*", runs):
+        for name in pkg.split()[2:]:
+            assert name.startswith("-") or "=" in name, f"apt package {name} is not pinned"
+
+
+def test_ci_installs_through_the_same_script():
+    assert "scripts/install.sh" in (ROOT / "scripts/setup.sh").read_text()
+    assert "bash scripts/test.sh" in (ROOT / ".ci/run").read_text()
+    assert "scripts/setup.sh" in (ROOT / "scripts/test.sh").read_text()
+
+
+def test_every_dependency_is_pinned_in_constraints():
+    pins = {re.split(r"==", line)[0].strip().lower().replace("_", "-"): line.split("==")[1].strip()
+            for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
+    for dep in deps:
+        name = re.split(r"[<>=!\[; ]", dep)[0].lower().replace("_", "-")
+        assert name == "torch" or name in pins, f"{name} has no exact pin in constraints.txt"
+    assert 'TORCH="torch==' in (ROOT / "scripts/install.sh").read_text()
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (client) is needed to render k8s/ offline"
+    out = subprocess.run([kubectl, "kustomize", str(ROOT / "k8s/base")], capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def test_k8s_renders_and_validates(rendered, tmp_path):
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    kinds = sorted({d["kind"] for d in docs})
+    assert {"Deployment", "StatefulSet", "Service", "Secret", "ServiceAccount", "Role", "RoleBinding"} <= set(kinds)
+    assert all(d["metadata"].get("namespace") == "kdpipe" for d in docs if d["kind"] != "Namespace")
+    (tmp_path / "all.yaml").write_text(rendered)
+    result = subprocess.run([str(Path(__import__("sys").executable).parent / "kubernetes-validate"),
+                             "--strict", str(tmp_path / "all.yaml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_k8s_pods_non_root_and_secrets_only_placeholders(rendered):
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet"):
+            assert d["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True, d["metadata"]["name"]
+        if d["kind"] == "Secret":
+            for key, value in d.get("stringData", {}).items():
+                if "PASSWORD" in key or "SECRET" in key:
+                    assert value == "CHANGE_ME", f"{d['metadata']['name']}.{key} must stay a placeholder"
