@@ -110,5 +110,7 @@ def train(trainer: Trainer, checkpoint_dir: str | Path, run_key: str) -> dict:
     key_file.write_text(run_key)
     last = get_last_checkpoint(str(checkpoint_dir))
     result = trainer.train(resume_from_checkpoint=last)
+    # Checkpoints only serve an interrupted run; kept, they would bloat the step's output artifact.
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return {"train_runtime_s": result.metrics.get("train_runtime"), "train_loss": result.training_loss,
             "resumed_from": last}
