@@ -114,6 +114,65 @@ class ExportConfig(_Section):
     latency_runs: int = Field(20, ge=1)
 
 
+class SearchParam(_Section):
+    """One hyperparameter's range: float/int (low, high, log) or categorical (choices)."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list | None = None
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs choices")
+        elif self.low is None or self.high is None or self.low > self.high or (self.log and self.low <= 0):
+            raise ValueError(f"needs low <= high{' and low > 0 (log scale)' if self.log else ''}")
+        return self
+
+
+def _blog_space() -> dict:
+    # The blog's search space.
+    return {"epochs": SearchParam(type="int", low=2, high=10),
+            "learning_rate": SearchParam(type="float", low=1e-5, high=1e-3, log=True),
+            "alpha": SearchParam(type="float", low=0.0, high=1.0),
+            "temperature": SearchParam(type="float", low=2.0, high=30.0)}
+
+
+class HPOConfig(_Section):
+    enabled: bool = False
+    n_trials: int = Field(8, ge=1)
+    timeout: float | None = Field(None, gt=0, description="Seconds per worker; then no new trial starts.")
+    direction: Literal["maximize", "minimize"] = "maximize"
+    metric: str = Field("auto", description="Validation metric to optimize; auto = the gate's metric.")
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    seed: int = 42
+    storage: str = Field("journal:optuna-journal.log",
+                         description="journal:<file> (embedded), sqlite:///<file>, or postgresql://... (cluster)")
+    study_name: str = "kdpipe"
+    workers: int = Field(1, ge=1)
+    space: dict[str, SearchParam] = Field(default_factory=_blog_space)
+
+    @field_validator("space")
+    @classmethod
+    def _known_fields(cls, space: dict) -> dict:
+        unknown = sorted(set(space) - set(DistillationConfig.model_fields))
+        if unknown:
+            raise ValueError(f"{unknown} are not distillation settings; searchable: "
+                             f"{sorted(DistillationConfig.model_fields)}")
+        return space
+
+    @field_validator("storage")
+    @classmethod
+    def _no_password(cls, v: str) -> str:
+        if urlsplit(v).password:
+            raise ValueError("hpo.storage holds a password: use an environment variable (OPTUNA_STORAGE from a "
+                             "Kubernetes Secret) instead")
+        return v
+
+
 class TrackingConfig(_Section):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "kdpipe"
@@ -137,6 +196,7 @@ class Config(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    hpo: HPOConfig = Field(default_factory=HPOConfig)
     trust_remote_code: bool = False
     output_dir: str = "kdpipe-runs"
 
@@ -192,6 +252,8 @@ def resolve_model_ref(ref: str, base: Path | None = None) -> str:
 
 
 def _resolve_paths(cfg: Config, base: Path) -> None:
+    if cfg.hpo.storage.startswith("journal:"):
+        cfg.hpo.storage = "journal:" + str((Path.cwd() / cfg.hpo.storage.removeprefix("journal:")).resolve())
     uri = cfg.tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # Every step (a separate process, maybe elsewhere) must reach the same file.

@@ -15,8 +15,9 @@ from kdpipe.teacher import load_logits
 
 
 def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_dir: str | Path | None,
-                    out_dir: str | Path, params: dict | None = None) -> dict:
-    """Pipeline step. `params` (e.g. the best HPO trial) override distillation.* for this run."""
+                    out_dir: str | Path, params: dict | None = None, callbacks: list | None = None) -> dict:
+    """Pipeline step. `params` (e.g. the best HPO trial) override distillation.* for this run; `callbacks`
+    (TrainerCallback) see each epoch's evaluation, with the task metrics as eval_<name>."""
     from kdpipe.trainer import DistillationTrainer, KDCollator, train, training_arguments
 
     d = cfg.distillation.model_copy(update=params or {})
@@ -39,7 +40,9 @@ def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_
     trainer = DistillationTrainer(model=student, args=args, train_dataset=train_ds,
                                   eval_dataset=prep.dataset["validation"], data_collator=KDCollator(tokenizer),
                                   alpha=d.alpha, temperature=d.temperature, problem_type=prep.schema.problem_type,
-                                  loss_name=d.loss, teacher=teacher)
+                                  loss_name=d.loss, teacher=teacher, callbacks=callbacks,
+                                  compute_metrics=lambda p: compute_metrics(p.predictions, p.label_ids, prep.schema,
+                                                                            cfg.metrics.threshold))
     run_key = f"{d.model_dump_json()}|{cfg.student.model_dump_json()}|{teacher_dir}|{prep.info['fingerprints']['train']}"
     stats = train(trainer, out_dir / "checkpoints", run_key)
     model_dir = out_dir / "model"

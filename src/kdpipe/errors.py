@@ -23,3 +23,7 @@ class ModelError(KdpipeError):
 
 class ExportError(KdpipeError):
     pass
+
+
+class TrainingDiverged(KdpipeError):
+    pass

@@ -9,6 +9,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from kdpipe.errors import TrainingDiverged
 from kdpipe.losses import distillation_loss
 
 
@@ -59,6 +60,9 @@ class DistillationTrainer(Trainer):
             alpha = 1.0  # evaluation on held-out data: report the supervised loss
         loss = distillation_loss(outputs.logits, teacher_logits, labels, alpha, self.temperature,
                                  self.problem_type, self.loss_name)
+        if model.training and not torch.isfinite(loss.detach()):
+            raise TrainingDiverged(f"the training loss became {loss.item()} at step {self.state.global_step} "
+                                   f"(learning rate {self.args.learning_rate}); lower the learning rate")
         return (loss, outputs) if return_outputs else loss
 
 
