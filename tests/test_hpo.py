@@ -97,3 +97,9 @@ def test_diverging_trial_is_recorded_and_the_study_goes_on(hpo_setup, monkeypatc
     assert all("training loss became nan" in t.user_attrs["stopped"] for t in pruned)
     assert summary["trials"]["complete"] == 4 - len(pruned) > 0
     assert summary["best_params"]["learning_rate"] == 1e-4
+
+
+def test_no_password_in_storage(hpo_setup):
+    raw, _, _ = hpo_setup
+    with pytest.raises(ConfigError, match="hpo.storage holds a password"):
+        load_config(raw=dict(raw, hpo={"storage": "postgresql://kdpipe:secret@db:5432/optuna"}))

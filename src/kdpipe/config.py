@@ -114,6 +114,13 @@ class ExportConfig(_Section):
     latency_runs: int = Field(20, ge=1)
 
 
+def _no_password_in(url: str, key: str, instead: str) -> str:
+    """Secrets never live in the config (it is logged to MLflow and passed as a pipeline parameter)."""
+    if urlsplit(url).password:
+        raise ValueError(f"{key} holds a password: {instead}, never in the config")
+    return url
+
+
 class SearchParam(_Section):
     """One hyperparameter's range: float/int (low, high, log) or categorical (choices)."""
 
@@ -167,10 +174,7 @@ class HPOConfig(_Section):
     @field_validator("storage")
     @classmethod
     def _no_password(cls, v: str) -> str:
-        if urlsplit(v).password:
-            raise ValueError("hpo.storage holds a password: use an environment variable (OPTUNA_STORAGE from a "
-                             "Kubernetes Secret) instead")
-        return v
+        return _no_password_in(v, "hpo.storage", "use storage env:OPTUNA_STORAGE, set from a Kubernetes Secret")
 
 
 class TrackingConfig(_Section):
@@ -181,10 +185,8 @@ class TrackingConfig(_Section):
     @field_validator("uri")
     @classmethod
     def _no_secrets(cls, v: str) -> str:
-        if urlsplit(v).password:
-            raise ValueError("tracking.uri holds a password: pass credentials as MLFLOW_TRACKING_USERNAME/"
-                             "MLFLOW_TRACKING_PASSWORD environment variables (a Kubernetes Secret), never in the config")
-        return v
+        return _no_password_in(v, "tracking.uri", "pass credentials as MLFLOW_TRACKING_USERNAME/"
+                                                  "MLFLOW_TRACKING_PASSWORD environment variables (a Kubernetes Secret)")
 
 
 class Config(_Section):
