@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -9,7 +8,7 @@ from kdpipe.config import load_config
 from kdpipe.data import load_prepared, preprocess
 from kdpipe.errors import DataError, ExportError
 from kdpipe.modeling import derive_student, load_classifier, load_tokenizer, predict_logits
-from kdpipe.teacher import LOGITS_FILE, evaluate_teacher, load_logits, save_logits, teacher_needs_finetuning
+from kdpipe.teacher import LOGITS_FILE, evaluate_teacher, load_logits, teacher_needs_finetuning
 from kdpipe.trainer import DistillationTrainer, KDCollator, training_arguments
 from tests.conftest import base_config, make_tiny_bert
 
@@ -99,7 +98,6 @@ def test_teacher_logits_cached_and_keyed_to_data(setup):
     assert logits.shape == (400, 2)
     with pytest.raises(DataError, match="computed on other training data"):
         load_logits(root / "teval", "0" * 16)
-    save_logits(root / "x.safetensors", np.zeros((2, 2)), "abc", "t")
     assert (root / "teval" / LOGITS_FILE).is_file()
 
 

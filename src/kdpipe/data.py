@@ -92,6 +92,10 @@ def _read_hub_split(cfg: DataConfig, split: str) -> tuple[pd.DataFrame, dict]:
     return ds.to_pandas(), names
 
 
+def read_train(cfg: DataConfig) -> pd.DataFrame:
+    return _read_hub_split(cfg, cfg.train)[0] if cfg.dataset else read_table(cfg.train, cfg)
+
+
 def read_splits(cfg: DataConfig) -> tuple[dict[str, RawSplit], list[str] | None]:
     """Read every configured split; returns the splits and any label names the source declares."""
     splits, declared = {}, None

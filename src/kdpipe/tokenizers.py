@@ -52,10 +52,9 @@ def sample_texts(cfg, n: int = 1000) -> list[str]:
     """Real training texts to encode with both tokenizers (a seeded sample, not one sentence)."""
     import random
 
-    from kdpipe.data import read_splits
+    from kdpipe.data import read_train
 
-    splits, _ = read_splits(cfg.data.model_copy(update={"validation": cfg.data.validation, "test": None}))
-    col = splits["train"].frame.get(cfg.data.text_column)
+    col = read_train(cfg.data).get(cfg.data.text_column)
     if col is None:
         return []
     texts = [t for t in col.tolist() if isinstance(t, str) and t.strip()]
