@@ -178,11 +178,10 @@ def finish_step(config_json: str, pipeline_run: str, state: str, error: str = ""
 
 def log_kfp_metrics(metrics, result: dict) -> None:
     """Numbers of a step result into a KFP Metrics artifact (flat names, as the KFP UI shows them)."""
-    from kdpipe.tracking import flatten
+    from kdpipe.tracking import numbers
 
-    for key, value in flatten(result).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            metrics.log_metric(key, float(value))
+    for key, value in numbers(result).items():
+        metrics.log_metric(key, value)
 
 
 def markdown(path: str, title: str, result: dict) -> None:

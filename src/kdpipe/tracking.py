@@ -114,12 +114,16 @@ def step_run(cfg, pipeline_run: str, step: str):
             raise
 
 
-def log_result(result: dict, prefix: str = "") -> None:
+def numbers(result: dict) -> dict[str, float]:
+    """The numeric leaves of a step result, under flat dotted names (booleans are not numbers here)."""
+    return {k: float(v) for k, v in flatten(result).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def log_result(result: dict) -> None:
     """Numbers become metrics; everything else stays in the step's JSON artifact."""
     import mlflow
 
-    metrics = {k: float(v) for k, v in flatten(result, prefix).items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics = numbers(result)
     if metrics:
         mlflow.log_metrics({k.replace("@", "_"): v for k, v in metrics.items()})
 
