@@ -5,7 +5,8 @@ code runs under KFP's local SubprocessRunner and, unchanged, in the image on a c
 """
 
 from kdpipe_kfp.components.steps import (distill_student, evaluate_gate, evaluate_teacher, export_register,
-                                         finish_tracking, prepare_teacher, preprocess, validate_tokenizers)
+                                         finish_tracking, hpo_best, hpo_worker, prepare_teacher, preprocess,
+                                         validate_tokenizers)
 
-__all__ = ["validate_tokenizers", "preprocess", "prepare_teacher", "evaluate_teacher", "distill_student",
-           "evaluate_gate", "export_register", "finish_tracking"]
+__all__ = ["validate_tokenizers", "preprocess", "prepare_teacher", "evaluate_teacher", "hpo_worker", "hpo_best",
+           "distill_student", "evaluate_gate", "export_register", "finish_tracking"]

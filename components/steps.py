@@ -4,9 +4,10 @@ No `from __future__ import annotations` here: KFP reads the real annotation obje
 
 
 import os
+from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import (Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output,
+from kfp.dsl import (HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output,
                      PipelineTaskFinalStatus)
 
 # The one image (docker/). Override at compile time for your registry.
@@ -52,13 +53,41 @@ def evaluate_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset
 
 
 @_component(GPU_IMAGE)
+def hpo_worker(config_json: str, pipeline_run: str, worker: int, dataset: Input[Dataset], teacher: Input[Model],
+               teacher_logits: Input[Artifact], trials: Output[Artifact], metrics: Output[Metrics]):
+    from kdpipe.pipeline_steps import hpo_worker_step, log_kfp_metrics
+
+    log_kfp_metrics(metrics, hpo_worker_step(config_json, pipeline_run, dataset.path, teacher.path,
+                                             teacher_logits.path, trials.path, worker))
+
+
+@_component()
+def hpo_best(config_json: str, pipeline_run: str, dataset: Input[Dataset], given_params_json: str,
+             report: Output[HTML], metrics: Output[Metrics]) -> NamedTuple("Best", params_json=str, best_model_dir=str):
+    import json
+    import shutil
+    from collections import namedtuple
+    from pathlib import Path
+
+    from kdpipe.pipeline_steps import hpo_best_step, log_kfp_metrics
+
+    result = hpo_best_step(config_json, pipeline_run, dataset.path, report.path + ".d", given_params_json)
+    if result["hpo"]:
+        shutil.copyfile(Path(report.path + ".d") / "report.html", report.path)
+        log_kfp_metrics(metrics, {k: v for k, v in result.items() if k not in ("params", "best_params")})
+    else:
+        Path(report.path).write_text("<p>HPO is off (hpo.enabled: false): distillation uses the config.</p>")
+    return namedtuple("Best", ["params_json", "best_model_dir"])(json.dumps(result["params"]), result["best_model_dir"])
+
+
+@_component(GPU_IMAGE)
 def distill_student(config_json: str, pipeline_run: str, dataset: Input[Dataset], teacher: Input[Model],
                     teacher_logits: Input[Artifact], student: Output[Model], metrics: Output[Metrics],
-                    params_json: str = ""):
+                    params_json: str = "", reuse_model_dir: str = ""):
     from kdpipe.pipeline_steps import distill_step, log_kfp_metrics
 
     log_kfp_metrics(metrics, distill_step(config_json, pipeline_run, dataset.path, teacher.path,
-                                          teacher_logits.path, student.path, params_json))
+                                          teacher_logits.path, student.path, params_json, reuse_model_dir))
 
 
 @_component()

@@ -6,7 +6,8 @@ from pathlib import Path
 from kfp import dsl
 
 from kdpipe_kfp.components import (distill_student, evaluate_gate, evaluate_teacher, export_register,
-                                   finish_tracking, prepare_teacher, preprocess, validate_tokenizers)
+                                   finish_tracking, hpo_best, hpo_worker, prepare_teacher, preprocess,
+                                   validate_tokenizers)
 
 COMPILED = Path(__file__).with_name("kdpipe_pipeline.yaml")
 RUN = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
@@ -34,7 +35,7 @@ def make_pipeline(accelerator: str = "nvidia.com/gpu", gpus: int = 1, secret: st
 
     @dsl.pipeline(name="kdpipe", description="Distil a fine-tuned transformer classifier into a small student, "
                                              "gate it, export verified ONNX and register it in MLflow.")
-    def kdpipe(config_json: str, distill_params_json: str = ""):
+    def kdpipe(config_json: str, distill_params_json: str = "", hpo_workers: list = []):  # noqa: B006 (KFP default)
         finish = finish_tracking(config_json=config_json, pipeline_run=RUN)
         with dsl.ExitHandler(finish, name="tracked-run"):
             tokens = validate_tokenizers(config_json=config_json, pipeline_run=RUN)
@@ -45,10 +46,20 @@ def make_pipeline(accelerator: str = "nvidia.com/gpu", gpus: int = 1, secret: st
             teval = _on_gpu(evaluate_teacher(config_json=config_json, pipeline_run=RUN,
                                              dataset=data.outputs["dataset"], teacher=teacher.outputs["teacher"]),
                             accelerator, gpus)
+            # HPO: one worker task per item of hpo_workers (kdpipe run sets [0..hpo.workers-1]; [] = off), all on
+            # one Optuna study; then the best trial's params go to the final distillation.
+            with dsl.ParallelFor(hpo_workers, name="hpo-workers") as worker:
+                search = _on_gpu(hpo_worker(config_json=config_json, pipeline_run=RUN, worker=worker,
+                                            dataset=data.outputs["dataset"], teacher=teacher.outputs["teacher"],
+                                            teacher_logits=teval.outputs["teacher_logits"]), accelerator, gpus)
+                search.set_retry(num_retries=2, backoff_duration="60s")
+            best = hpo_best(config_json=config_json, pipeline_run=RUN, dataset=data.outputs["dataset"],
+                            given_params_json=distill_params_json).after(search)
             student = _on_gpu(distill_student(config_json=config_json, pipeline_run=RUN,
                                               dataset=data.outputs["dataset"], teacher=teacher.outputs["teacher"],
                                               teacher_logits=teval.outputs["teacher_logits"],
-                                              params_json=distill_params_json), accelerator, gpus)
+                                              params_json=best.outputs["params_json"],
+                                              reuse_model_dir=best.outputs["best_model_dir"]), accelerator, gpus)
             student.set_retry(num_retries=2, backoff_duration="60s")
             gate = evaluate_gate(config_json=config_json, pipeline_run=RUN, dataset=data.outputs["dataset"],
                                  student=student.outputs["student"], teacher_logits=teval.outputs["teacher_logits"])
@@ -57,7 +68,7 @@ def make_pipeline(accelerator: str = "nvidia.com/gpu", gpus: int = 1, secret: st
                                            student=student.outputs["student"], gate=gate.outputs["gate"])
                 register.set_retry(num_retries=1, backoff_duration="30s")
             # Every step writes to MLflow (its child run of this pipeline run): a cached step would skip that.
-            for task in (tokens, data, teacher, teval, student, gate, register):
+            for task in (tokens, data, teacher, teval, search, best, student, gate, register):
                 task.set_caching_options(False)
                 _with_secrets(task, secret)
         _with_secrets(finish.set_caching_options(False), secret)

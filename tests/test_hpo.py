@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import optuna
 import pytest
 
@@ -68,6 +70,20 @@ def test_study_persists_and_resumes(hpo_setup):
     assert len(open_study(cfg5).trials) == 5
 
 
+def test_best_trial_model_is_reused_only_for_the_same_data_and_teacher(hpo_setup, tmp_path):
+    from kdpipe.distill import reuse_trial_model
+
+    raw, root, teacher = hpo_setup
+    cfg = hpo_cfg(raw, root / "reuse", n_trials=2, study_name="reuse")
+    best = run_trials(cfg, root / "prep", teacher, root / "teval", root / "reuse" / "work")
+    reused = reuse_trial_model(best["best_model_dir"], root / "prep", teacher, tmp_path / "a")
+    assert reused["reused_trial_model"] == best["best_model_dir"]
+    assert (tmp_path / "a/model/model.safetensors").is_file()
+    assert reused["params"]["learning_rate"] == best["best_params"]["learning_rate"]
+    assert reuse_trial_model(best["best_model_dir"], root / "prep", "another/teacher", tmp_path / "b") is None
+    assert reuse_trial_model(tmp_path / "gone/model", root / "prep", teacher, tmp_path / "c") is None
+
+
 def test_diverging_trial_is_recorded_and_the_study_goes_on(hpo_setup, monkeypatch):
     import kdpipe.trainer as trainer
 
@@ -103,3 +119,105 @@ def test_no_password_in_storage(hpo_setup):
     raw, _, _ = hpo_setup
     with pytest.raises(ConfigError, match="hpo.storage holds a password"):
         load_config(raw=dict(raw, hpo={"storage": "postgresql://kdpipe:secret@db:5432/optuna"}))
+
+
+# ---------------------------------------------------------------- two workers on a real PostgreSQL server
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server on loopback (Debian's package; scripts/test.sh installs it)."""
+    import glob
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    def run(*cmd):
+        done = subprocess.run(as_user + list(cmd), capture_output=True, text=True)
+        assert done.returncode == 0, f"{cmd[0]} failed: {done.stderr[-2000:]}"
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    assert bins, "PostgreSQL server missing: `apt-get install postgresql` (scripts/test.sh does this as root)"
+    bindir = Path(bins[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="kdpipe-pg-"))  # not under pytest's root-only tmp: postgres must reach it
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data, log = root / "data", root / "server.log"
+    run(bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    run(bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+        "start")
+    try:
+        run(bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna")
+        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run(as_user + [bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+WORKER = """
+import sys
+from pathlib import Path
+from kdpipe.config import config_from_json
+from kdpipe.hpo import run_trials
+cfg = config_from_json(Path(sys.argv[1]).read_text())
+run_trials(cfg, sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], worker=int(sys.argv[6]))
+"""
+
+
+@pytest.mark.parametrize("storage", ["postgresql", "journal"])
+def test_two_workers_finish_exactly_the_requested_trials_when_one_is_killed(hpo_setup, storage, request):
+    """PostgreSQL: the heartbeat finds the dead worker's trial. Journal file (local default, no heartbeat): the
+    survivor sees that the worker's process on this machine is gone. Either way its params are re-run once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    raw, root, teacher = hpo_setup
+    url = request.getfixturevalue("postgres_url") if storage == "postgresql" else f"journal:{root}/{storage}.log"
+    cfg = load_config(raw=dict(raw, hpo={
+        "storage": url, "study_name": "two-workers", "n_trials": 4, "pruner": "none",
+        "heartbeat_seconds": 2, "space": dict(SMALL_SPACE, epochs={"type": "int", "low": 3, "high": 4})}))
+    (root / f"{storage}.json").write_text(cfg.model_dump_json())
+    args = [str(root / f"{storage}.json"), str(root / "prep"), teacher, str(root / "teval"), str(root / storage)]
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, *args, str(i)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    victim, survivor = workers
+    study = open_study(cfg)
+    deadline = time.monotonic() + 300
+    killed = None
+    while killed is None and time.monotonic() < deadline:
+        # Mid-trial: the victim's trial has reported at least one epoch and is still running.
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("worker", "").endswith(f":{victim.pid}") and t.intermediate_values:
+                os.kill(victim.pid, signal.SIGKILL)
+                killed = t.number
+                break
+        time.sleep(0.2)
+    assert killed is not None, "the victim never got mid-trial"
+    victim.wait()
+    _, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err[-3000:]
+
+    trials = open_study(cfg).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4, [(t.number, t.state.name) for t in trials]
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == 4  # each trial exactly once
+    lost = trials[killed]
+    assert lost.state == TrialState.FAIL
+    retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == lost.params
+    assert {t.user_attrs["worker"].split(":")[-1] for t in complete} >= {str(survivor.pid)}
+    assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials)
+    summary = run_trials(cfg, root / "prep", teacher, root / "teval", root / storage)  # already done: no-op
+    assert summary["trials"]["complete"] == 4 and summary["trials"]["lost_and_retried"] == 1
+    assert len(open_study(cfg).trials) == len(trials)

@@ -27,11 +27,21 @@ def test_pipeline_shape_gpu_retries_and_gate():
     spec, platform = yaml.safe_load_all(COMPILED.read_text())
     executors = spec["deploymentSpec"]["executors"]
     gpu = {name for name, ex in executors.items() if ex["container"].get("resources", {}).get("accelerator")}
-    assert gpu == {"exec-prepare-teacher", "exec-evaluate-teacher", "exec-distill-student"}
+    assert gpu == {"exec-prepare-teacher", "exec-evaluate-teacher", "exec-hpo-worker", "exec-distill-student"}
     root = spec["root"]["dag"]["tasks"]
     handler = next(t for name, t in root.items() if name.startswith("exit-handler"))
     tasks = spec["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
     assert tasks["distill-student"]["retryPolicy"]["maxRetryCount"] == 2
+    # HPO: a ParallelFor over the hpo_workers parameter, then hpo-best feeds distill-student.
+    loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--hpo_workers"
+    workers = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(workers) == ["hpo-worker"] and workers["hpo-worker"]["retryPolicy"]["maxRetryCount"] == 2
+    assert tasks["hpo-best"]["dependentTasks"] == [next(n for n in tasks if n.startswith("for-loop"))] or \
+        any(d.startswith("for-loop") for d in tasks["hpo-best"]["dependentTasks"])
+    params = tasks["distill-student"]["inputs"]["parameters"]
+    assert params["params_json"]["taskOutputParameter"] == {"outputParameterKey": "params_json",
+                                                            "producerTask": "hpo-best"}
     branch = next(t for name, t in tasks.items() if name.startswith("condition"))
     assert branch["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-gate-Output'] == true"
     inside = spec["components"][branch["componentRef"]["name"]]["dag"]["tasks"]
@@ -129,6 +139,46 @@ def test_gate_passes_exports_and_registers(tiny_run, capsys):
     mlflow.set_tracking_uri(f"sqlite:///{tiny_run}/mlflow.db")
     assert mlflow.onnx.load_model("models:/tiny-student@champion").graph.output[1].name == "probabilities"
     assert main(["predict", "--model", summary["onnx"]["path"].rsplit("/", 1)[0], "a lovely film"]) == 0
+
+
+def test_hpo_with_two_workers_feeds_the_best_params_into_distillation(tiny_run, capsys):
+    from mlflow.tracking import MlflowClient
+
+    out = tiny_run / "hpo"
+    space = json.dumps({"epochs": {"type": "int", "low": 1, "high": 2},
+                        "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
+                        "alpha": {"type": "float", "low": 0.0, "high": 1.0}})
+    code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), "--set", "gate.min_metric=0.0",
+                 "--set", "hpo.enabled=true", "--set", "hpo.n_trials=4", "--set", "hpo.workers=2",
+                 "--set", f"hpo.storage=journal:{out}/optuna.log", "--set", f"hpo.space={space}"])
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 0, (summary, printed)
+    hpo = summary["hpo"]
+    assert hpo["trials"]["complete"] + hpo["trials"]["pruned"] == 4 and hpo["trials"]["running"] == 0
+    run_dir = __import__("pathlib").Path(summary["pipeline_root"])
+    assert (run_dir / "hpo-best/report").read_text().count("plotly") > 0
+    # Both workers ran trials: each ParallelFor iteration leaves its own task folder with trial models.
+    trial_dirs = list(run_dir.glob("for-loop-*-iteration-*/hpo-worker/trials/trial-*"))
+    assert len(trial_dirs) == 4 and len({d.parents[2] for d in trial_dirs}) == 2, trial_dirs
+    # MLflow: the HPO run (child of the pipeline run) holds one run per trial, the best params and the plots.
+    client = MlflowClient(f"sqlite:///{tiny_run}/mlflow.db")
+    parent, children = parent_and_children(tiny_run, summary["mlflow"]["parent_run_id"])
+    hpo_run = children["hpo"]
+    assert hpo_run.info.status == "FINISHED"
+    assert {f"best.{k}" for k in hpo["best_params"]} <= set(hpo_run.data.params)
+    assert "report.html" in [a.path for a in client.list_artifacts(hpo_run.info.run_id)]
+    trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{hpo_run.info.run_id}'")
+    assert sorted(int(t.data.tags["optuna.trial_number"]) for t in trials) == [0, 1, 2, 3]
+    assert {t.data.tags["optuna.state"] for t in trials} <= {"COMPLETE", "PRUNED"}
+    assert all({"epochs", "learning_rate", "alpha"} <= set(t.data.params) for t in trials)
+    best = next(t for t in trials if t.data.tags["optuna.trial_number"] == str(hpo["best_trial"]))
+    assert best.data.metrics["accuracy"] == pytest.approx(hpo["best_value"])
+    assert client.get_metric_history(best.info.run_id, "eval_accuracy")  # one point per epoch
+    # The final distillation trained with the best trial's params.
+    distill = children["distill_student"].data.params
+    assert float(distill["distillation.learning_rate"]) == pytest.approx(hpo["best_params"]["learning_rate"])
+    assert int(distill["distillation.epochs"]) == hpo["best_params"]["epochs"]
 
 
 def test_gate_fails_nothing_exported_or_registered(tiny_run, capsys):

@@ -158,8 +158,13 @@ class HPOConfig(_Section):
     seed: int = 42
     storage: str = Field("journal:optuna-journal.log",
                          description="journal:<file> (embedded), sqlite:///<file>, or postgresql://... (cluster)")
-    study_name: str = "kdpipe"
-    workers: int = Field(1, ge=1)
+    study_name: str = Field("auto", description="auto: named after the config and the training data, so a "
+                                                "re-run resumes its own study and new data starts a new one.")
+    workers: int = Field(1, ge=1, description="Parallel worker tasks sharing the study (pipeline).")
+    heartbeat_seconds: int = Field(30, ge=1, description="RDB storages: a trial silent for 3x this long is "
+                                                         "failed and its params re-queued.")
+    reuse_best_model: bool = Field(False, description="Ship the best trial's model instead of training again "
+                                                      "with its params (same data, same teacher).")
     space: dict[str, SearchParam] = Field(default_factory=_blog_space)
 
     @field_validator("space")

@@ -55,8 +55,34 @@ def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_
                                    cfg.metrics.threshold),
         "parameters": count_parameters(student),
         "params": d.model_dump(),
+        "data_fingerprint": prep.info["fingerprints"]["train"],
+        "teacher": str(teacher_dir),
         "epoch_history": [h for h in trainer.state.log_history if "eval_loss" in h],
         **stats,
     }
+    (out_dir / "distill.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def reuse_trial_model(model_dir: str | Path, data_dir: str | Path, teacher_dir: str, out_dir: str | Path) -> dict | None:
+    """The model an HPO trial trained (its model_dir), copied to out_dir, if that trial used this training data
+    and this teacher; None (train again) when it did not or when its folder is not reachable from here."""
+    import logging
+    import shutil
+
+    trial_dir, out_dir = Path(model_dir).parent, Path(out_dir)
+    record = trial_dir / "distill.json"
+    if not record.is_file():
+        logging.getLogger(__name__).warning("hpo.reuse_best_model: %s is not reachable from this step (no shared "
+                                            "volume?); training again with the best params", trial_dir)
+        return None
+    result = json.loads(record.read_text())
+    if (result.get("data_fingerprint") != load_prepared(data_dir).info["fingerprints"]["train"]
+            or result.get("teacher") != str(teacher_dir)):
+        logging.getLogger(__name__).warning("hpo.reuse_best_model: trial %s used other data or another teacher; "
+                                            "training again with its params", trial_dir)
+        return None
+    shutil.copytree(trial_dir / "model", out_dir / "model", dirs_exist_ok=True)
+    result.update(model_dir=str(out_dir / "model"), reused_trial_model=str(trial_dir / "model"))
     (out_dir / "distill.json").write_text(json.dumps(result, indent=2, default=str))
     return result

@@ -27,3 +27,7 @@ class ExportError(KdpipeError):
 
 class TrainingDiverged(KdpipeError):
     pass
+
+
+class SearchFailed(KdpipeError):
+    """No HPO trial completed: there are no best params to train with."""

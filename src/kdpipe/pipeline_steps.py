@@ -22,7 +22,7 @@ def _finish(out_dir: Path | None, result: dict, started: float) -> dict:
     from kdpipe.tracking import log_result
 
     result["step_seconds"] = time.perf_counter() - started
-    log_result({k: v for k, v in result.items() if k not in ("params",)})
+    log_result({k: v for k, v in result.items() if k not in ("params", "best_params")})
     mlflow.log_dict(result, "result.json")
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -93,20 +93,88 @@ def evaluate_teacher_step(config_json: str, pipeline_run: str, data_dir: str, te
 
 
 def distill_step(config_json: str, pipeline_run: str, data_dir: str, teacher_dir: str, logits_dir: str,
-                 out_dir: str, params_json: str = "") -> dict:
+                 out_dir: str, params_json: str = "", reuse_model_dir: str = "") -> dict:
+    """Train the student with distillation.* (overridden by params_json, e.g. the best HPO trial's), or ship the
+    best trial's model (reuse_model_dir) when it was trained on this data with this teacher."""
     import mlflow
 
-    from kdpipe.distill import distill_student
+    from kdpipe.distill import distill_student, reuse_trial_model
 
     cfg, started = _load(config_json), time.perf_counter()
     params = json.loads(params_json) if params_json else None
+    teacher = teacher_location(teacher_dir)
     with step_run(cfg, pipeline_run, "distill_student"):
-        result = distill_student(cfg, data_dir, teacher_location(teacher_dir), logits_dir, out_dir, params)
+        result = reuse_trial_model(reuse_model_dir, data_dir, teacher, out_dir) if reuse_model_dir else None
+        if result is None:
+            result = distill_student(cfg, data_dir, teacher, logits_dir, out_dir, params)
         mlflow.log_params({f"distillation.{k}": v for k, v in result["params"].items()})
         for h in result["epoch_history"]:
             mlflow.log_metric("eval_loss", h["eval_loss"], step=int(round(h["epoch"])))
         result.pop("epoch_history")
         return _finish(Path(out_dir), result, started)
+
+
+def hpo_worker_step(config_json: str, pipeline_run: str, data_dir: str, teacher_dir: str, logits_dir: str,
+                    out_dir: str, worker: int) -> dict:
+    """One of hpo.workers parallel workers on the shared study; its trials become MLflow runs under the HPO
+    run. Trial models stay under out_dir (hpo.reuse_best_model can ship the best one)."""
+    from kdpipe.errors import ConfigError
+    from kdpipe.hpo import run_trials
+    from kdpipe.tracking import TrialRuns, failures_recorded, hpo_run_id
+
+    cfg = _load(config_json)
+    # Inside a ParallelFor, KFP's local runner gives the job name as "<run>/for-loop-N-iteration-K".
+    pipeline_run = pipeline_run.split("/for-loop-")[0]
+    hpo_id = hpo_run_id(cfg, pipeline_run)
+    with failures_recorded(cfg, hpo_id):
+        if not cfg.hpo.enabled or worker >= cfg.hpo.workers:
+            raise ConfigError(f"HPO worker {worker} started, but the config has hpo.enabled={cfg.hpo.enabled}, "
+                              f"hpo.workers={cfg.hpo.workers}: set the pipeline parameter hpo_workers to "
+                              f"{hpo_workers(cfg)} (kdpipe run does this)")
+        summary = run_trials(cfg, data_dir, teacher_location(teacher_dir), logits_dir, out_dir,
+                             trial_log=TrialRuns(cfg, pipeline_run, hpo_id), worker=worker)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "result.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def hpo_workers(cfg: Config) -> list[int]:
+    """The pipeline parameter hpo_workers: one ParallelFor item per worker, none when HPO is off."""
+    return list(range(cfg.hpo.workers)) if cfg.hpo.enabled else []
+
+
+def hpo_best_step(config_json: str, pipeline_run: str, data_dir: str, out_dir: str, params_json: str = "") -> dict:
+    """After the workers: the best trial's params (over any given params_json) for the final distillation, and
+    the study's plots (report.html) on the HPO run. With HPO off, params_json passes through."""
+    import mlflow
+
+    from kdpipe.data import load_prepared
+    from kdpipe.errors import SearchFailed
+    from kdpipe.hpo import lost_trials, open_study, study_summary, write_report
+    from kdpipe.tracking import hpo_run_id, mark_lost_trials
+
+    cfg, started, out = _load(config_json), time.perf_counter(), Path(out_dir)
+    given = json.loads(params_json) if params_json else {}
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.hpo.enabled:
+        result = {"hpo": False, "params": given, "best_model_dir": ""}
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+        return result
+    hpo_id = hpo_run_id(cfg, pipeline_run)
+    with step_run(cfg, pipeline_run, "hpo", run_id=hpo_id):
+        study = open_study(cfg, fingerprint=load_prepared(data_dir).info["fingerprints"]["train"])
+        summary = study_summary(study)
+        mark_lost_trials(cfg, hpo_id, lost_trials(study))
+        mlflow.log_artifact(str(write_report(study, out / "report.html")))
+        if summary["best_params"] is None:
+            raise SearchFailed(f"no HPO trial of study {study.study_name} completed ({summary['trials']}); "
+                               "each trial's run under this HPO run in MLflow says why")
+        mlflow.log_params({"study": study.study_name, "n_trials": cfg.hpo.n_trials, "workers": cfg.hpo.workers,
+                           "pruner": cfg.hpo.pruner, "metric": summary["metric"]})
+        mlflow.log_params({f"best.{k}": v for k, v in summary["best_params"].items()})
+        result = {"hpo": True, **summary, "params": {**given, **summary["best_params"]},
+                  "best_model_dir": summary["best_model_dir"] if cfg.hpo.reuse_best_model else ""}
+        return _finish(out, result, started)
 
 
 def gate_step(config_json: str, pipeline_run: str, data_dir: str, student_dir: str, teacher_eval_dir: str,

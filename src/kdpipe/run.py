@@ -23,6 +23,7 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
     """Run the whole pipeline locally; returns the summary (also written to output_dir/summary.json)."""
     from kfp import local
 
+    from kdpipe.pipeline_steps import hpo_workers
     from kdpipe_kfp.kdpipe_pipeline import make_pipeline
 
     output_dir = Path(output_dir).resolve()
@@ -34,7 +35,8 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
     failure = None
     try:
         make_pipeline(accelerator="", gpus=0, secret="")(config_json=local_safe_json(cfg.to_dict()),
-                                              distill_params_json=local_safe_json(distill_params) if distill_params else "")
+                                              distill_params_json=local_safe_json(distill_params) if distill_params else "",
+                                              hpo_workers=hpo_workers(cfg))
     except RuntimeError as e:  # the local runner raises when a task fails; details are in MLflow
         failure = str(e)
     wall = time.perf_counter() - started
@@ -63,6 +65,9 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
     gate = results.get("evaluate_gate", {})
     export = results.get("export_register", {})
     timings = {name: res.get("step_seconds") for name, res in results.items()}
+    hpo = results.get("hpo", {})
+    if hpo.get("search_seconds"):
+        timings["hpo_search"] = hpo["search_seconds"]  # the workers ran side by side: the search's own wall time
     step_total = sum(v for v in timings.values() if v)
     if errors or failure:
         status = "bad_input" if any(e.split(": ")[1] in BAD_INPUT_ERRORS for e in errors) else "error"
@@ -81,6 +86,8 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
                     "latency_ms_b1": results.get("evaluate_teacher", {}).get("latency_ms_b1")},
         "student": {"metrics": gate.get("metrics"), "latency_ms_b1": gate.get("latency_ms_b1"),
                     "parameters": results.get("distill_student", {}).get("parameters")},
+        "hpo": {k: hpo.get(k) for k in ("study", "metric", "trials", "best_trial", "best_value", "best_params")}
+        if hpo else None,
         "gate": {"passed": bool(gate.get("passed")), "reasons": gate.get("reasons", []), "metric": gate.get("metric"),
                  "promote_to_champion": gate.get("promote_to_champion")},
         "onnx": {"path": export.get("path"), "int8_path": export.get("int8_path"),
@@ -109,6 +116,10 @@ def print_summary(summary: dict) -> None:
     print(f"  {'pipeline wall time':<22}{t['pipeline_wall_s']:>9.1f}  (orchestration overhead "
           f"{100 * (t['orchestration_overhead_fraction'] or 0):.1f}%)")
     print(f"  teacher: {fmt(summary['teacher']['metrics'])}")
+    if summary.get("hpo"):
+        h = summary["hpo"]
+        done = ", ".join(f"{n} {state}" for state, n in h["trials"].items() if n)
+        print(f"  hpo: {done}; best trial {h['best_trial']} {h['metric']} {h['best_value'] or 0:.4f} {h['best_params']}")
     print(f"  student: {fmt(summary['student']['metrics'])}")
     print(f"  gate: {'passed' if summary['gate']['passed'] else 'FAILED'}")
     for reason in summary["gate"]["reasons"]:

@@ -63,12 +63,16 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def find_parent(cfg, pipeline_run: str):
+def _find(cfg, pipeline_run: str, role: str) -> list:
     from mlflow.tracking import MlflowClient
 
-    runs = MlflowClient(cfg.tracking.uri).search_runs(
-        [experiment_id(cfg)], filter_string=f"tags.`{RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = 'pipeline'",
-        order_by=["attributes.start_time ASC"], max_results=1)
+    return MlflowClient(cfg.tracking.uri).search_runs(
+        [experiment_id(cfg)], filter_string=f"tags.`{RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = '{role}'",
+        order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=10)
+
+
+def find_parent(cfg, pipeline_run: str):
+    runs = _find(cfg, pipeline_run, "pipeline")
     return runs[0] if runs else None
 
 
@@ -87,6 +91,23 @@ def parent_run_id(cfg, pipeline_run: str) -> str:
     return run.info.run_id
 
 
+def hpo_run_id(cfg, pipeline_run: str) -> str:
+    """The HPO step's run, a child of the pipeline run; every worker logs its trials under it. Workers start
+    together, so each may create one: all keep the earliest and the others are deleted."""
+    from mlflow.tracking import MlflowClient
+
+    found = _find(cfg, pipeline_run, "hpo")
+    if found:
+        return found[0].info.run_id
+    client = MlflowClient(cfg.tracking.uri)
+    mine = client.create_run(experiment_id(cfg), run_name="hpo", tags={
+        RUN_TAG: pipeline_run, ROLE_TAG: "hpo", "mlflow.parentRunId": parent_run_id(cfg, pipeline_run)}).info.run_id
+    winner = _find(cfg, pipeline_run, "hpo")[0].info.run_id
+    if winner != mine:
+        client.delete_run(mine)
+    return winner
+
+
 def tag_parent(cfg, pipeline_run: str, tags: dict) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -97,21 +118,92 @@ def tag_parent(cfg, pipeline_run: str, tags: dict) -> None:
 
 
 @contextlib.contextmanager
-def step_run(cfg, pipeline_run: str, step: str):
-    """A child run for one step; a failure is recorded on it (tag kdpipe.error, status FAILED) and re-raised."""
+def step_run(cfg, pipeline_run: str, step: str, run_id: str | None = None):
+    """A child run for one step (or the existing run `run_id`); a failure is recorded on it (tag kdpipe.error,
+    status FAILED) and re-raised."""
     mlflow = _mlflow(cfg)
-    parent = parent_run_id(cfg, pipeline_run)
-    with mlflow.start_run(run_name=step, experiment_id=experiment_id(cfg), parent_run_id=parent,
-                          tags={RUN_TAG: pipeline_run, ROLE_TAG: step}) as run:
-        try:
-            yield run
-        except Exception as e:
-            mlflow.set_tag(ERROR_TAG, f"{type(e).__name__}: {e}"[:5000])
-            if isinstance(e, KdpipeError):
-                # Bad input or setting: the message says what to do; a library traceback would only bury it.
+    if run_id:
+        started = mlflow.start_run(run_id=run_id)
+    else:
+        started = mlflow.start_run(run_name=step, experiment_id=experiment_id(cfg),
+                                   parent_run_id=parent_run_id(cfg, pipeline_run),
+                                   tags={RUN_TAG: pipeline_run, ROLE_TAG: step})
+    with started as run, failures_recorded(cfg, run.info.run_id):
+        yield run
+
+
+@contextlib.contextmanager
+def failures_recorded(cfg, run_id: str):
+    """Record an exception on the run (tag kdpipe.error, status FAILED). A KdpipeError (bad input or setting)
+    becomes a one-line exit: its message says what to do, and a library traceback would only bury it."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        yield
+    except Exception as e:
+        client = MlflowClient(cfg.tracking.uri)
+        client.set_tag(run_id, ERROR_TAG, f"{type(e).__name__}: {e}"[:5000])
+        if isinstance(e, KdpipeError):
+            client.set_terminated(run_id, "FAILED")
+            raise SystemExit(f"kdpipe: {type(e).__name__}: {e}") from None
+        raise
+
+
+class TrialRuns:
+    """Each Optuna trial as an MLflow run under the HPO run: its params, the validation metrics of every epoch,
+    its final metrics, and its state (FINISHED = complete, KILLED = pruned, FAILED = error)."""
+
+    def __init__(self, cfg, pipeline_run: str, hpo_id: str):
+        self.cfg, self.pipeline_run, self.hpo_id = cfg, pipeline_run, hpo_id
+
+    @contextlib.contextmanager
+    def __call__(self, trial, params: dict):
+        import optuna
+
+        mlflow = _mlflow(self.cfg)
+        tags = {RUN_TAG: self.pipeline_run, ROLE_TAG: "hpo_trial", "optuna.study": trial.study.study_name,
+                "optuna.trial_number": str(trial.number), "kdpipe.worker": trial.user_attrs.get("worker", "")}
+        with mlflow.start_run(run_name=f"trial-{trial.number}", experiment_id=experiment_id(self.cfg),
+                              parent_run_id=self.hpo_id, tags=tags):
+            mlflow.log_params(params)
+            try:
+                yield _epoch_metrics()
+            except optuna.TrialPruned as e:
+                mlflow.set_tags({"optuna.state": "PRUNED", "optuna.reason": str(e)[:5000]})
+                mlflow.end_run("KILLED")
+                raise
+            except BaseException as e:
+                mlflow.set_tags({"optuna.state": "FAIL", ERROR_TAG: f"{type(e).__name__}: {e}"[:5000]})
                 mlflow.end_run("FAILED")
-                raise SystemExit(f"kdpipe: {type(e).__name__}: {e}") from None
-            raise
+                raise
+            mlflow.log_metrics({k: float(v) for k, v in trial.user_attrs.get("metrics", {}).items()})
+            mlflow.set_tag("optuna.state", "COMPLETE")
+
+
+def _epoch_metrics():
+    from transformers import TrainerCallback
+
+    class EpochMetrics(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            import mlflow
+
+            mlflow.log_metrics({k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
+                               step=int(round(state.epoch or 0)))
+
+    return EpochMetrics()
+
+
+def mark_lost_trials(cfg, hpo_id: str, lost: dict[int, str]) -> None:
+    """Trial runs left RUNNING by a worker that died: FAILED, with what became of their params."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking.uri)
+    for run in child_runs(cfg, hpo_id):
+        number = run.data.tags.get("optuna.trial_number")
+        if run.info.status == "RUNNING" and number is not None and int(number) in lost:
+            client.set_tag(run.info.run_id, "optuna.state", "FAIL")
+            client.set_tag(run.info.run_id, ERROR_TAG, lost[int(number)])
+            client.set_terminated(run.info.run_id, "FAILED")
 
 
 def numbers(result: dict) -> dict[str, float]:
