@@ -25,7 +25,8 @@ def _with_secrets(task, secret: str):
         from kfp import kubernetes
 
         kubernetes.use_secret_as_env(task, secret, {"MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN",
-                                                    "HF_TOKEN": "HF_TOKEN"}, optional=True)
+                                                    "HF_TOKEN": "HF_TOKEN", "OPTUNA_STORAGE": "OPTUNA_STORAGE"},
+                                     optional=True)
     return task
 
 

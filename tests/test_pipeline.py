@@ -52,6 +52,8 @@ def test_pipeline_shape_gpu_retries_and_gate():
     assert set(k8s) == set(executors)
     assert all(e["secretAsEnv"][0]["secretNameParameter"]["runtimeValue"]["constant"] == "kdpipe-mlflow"
                for e in k8s.values())
+    assert {"MLFLOW_TRACKING_TOKEN", "HF_TOKEN", "OPTUNA_STORAGE"} == {
+        k["envVar"] for k in k8s["exec-hpo-worker"]["secretAsEnv"][0]["keyToEnv"]}
     exit_task = spec["root"]["dag"]["tasks"]["finish-tracking"]
     assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
 

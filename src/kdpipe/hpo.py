@@ -133,10 +133,11 @@ def run_trials(cfg: Config, data_dir, teacher_dir: str, logits_dir, work_dir, n_
     """One worker: run trials on the shared study until it holds hpo.n_trials finished trials (complete,
     pruned, or failed with an error), or hpo.timeout passes. Several workers may run this at once.
 
-    With an RDB storage (SQLite, PostgreSQL) a worker that dies mid-trial stops its heartbeat: after
-    hpo.heartbeat_seconds x 3 a live worker marks that trial failed, re-queues its params and runs them, so
-    the study still ends with exactly n_trials. `trial_log(trial, params)` (a context manager; see
-    kdpipe.tracking.trial_runs) records each trial elsewhere, e.g. as an MLflow run."""
+    A worker that dies mid-trial is noticed by a live one (RDB storages: its heartbeat stops for
+    3 x hpo.heartbeat_seconds; journal file: its process on this machine is gone), which fails that trial and
+    re-runs its params, so the study still ends with exactly n_trials. `trial_log(trial, params)` (a context
+    manager yielding an optional TrainerCallback; see kdpipe.tracking.TrialRuns) records each trial
+    elsewhere, e.g. as an MLflow run."""
     import warnings
 
     import optuna
