@@ -41,9 +41,15 @@ def make_storage(spec: str, heartbeat_seconds: int = 30):
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     # A worker that dies mid-trial stops beating: a live worker then fails that trial and re-queues it.
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
     return optuna.storages.RDBStorage(spec, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
-                                      heartbeat_stale_trial_callback=retry, engine_kwargs={"pool_pre_ping": True})
+                                      heartbeat_stale_trial_callback=_requeue(), engine_kwargs={"pool_pre_ping": True})
+
+
+def _requeue():
+    """Re-queues a dead worker's trial with its params; one set of params is tried at most 3 times."""
+    import optuna
+
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
 
 
 def make_pruner(name: str):
@@ -184,7 +190,7 @@ def run_trials(cfg: Config, data_dir, teacher_dir: str, logits_dir, work_dir, n_
     heartbeat = not storage_url(cfg.hpo.storage).startswith("journal:")
     deadline = time.monotonic() + cfg.hpo.timeout if cfg.hpo.timeout else math.inf
     while time.monotonic() < deadline:
-        requeued = _requeue_dead_local_trials(study)
+        _requeue_dead_local_trials(study)
         trials = _live(study.get_trials(deepcopy=False))
         done = sum(t.state.is_finished() for t in trials)
         waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
@@ -193,7 +199,7 @@ def run_trials(cfg: Config, data_dir, teacher_dir: str, logits_dir, work_dir, n_
             break
         if done + len(running) + waiting < target or waiting:
             study.optimize(objective, n_trials=1, catch=(RuntimeError, ValueError, _Surplus))
-        elif heartbeat or requeued or all(_local_pid(t) for t in running):
+        elif heartbeat or all(_local_pid(t) for t in running):
             # The rest are running elsewhere: stay until they finish, in case a worker dies and its trial is
             # re-queued (by the storage's heartbeat, or by seeing the worker's process gone on this machine).
             time.sleep(min(cfg.hpo.heartbeat_seconds, 5))
@@ -211,12 +217,11 @@ def _local_pid(trial) -> int | None:
     return int(pid) if host == socket.gethostname() and pid.isdigit() else None
 
 
-def _requeue_dead_local_trials(study) -> int:
+def _requeue_dead_local_trials(study) -> None:
     """Running trials whose worker process on this machine is gone (the journal storage has no heartbeat):
-    failed, and their params re-queued once, as the heartbeat does for RDB storages."""
+    failed, and their params re-queued, as the heartbeat does for RDB storages."""
     import optuna
 
-    requeued = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = _local_pid(t)
         if pid is None or pid == os.getpid() or _alive(pid):
@@ -225,9 +230,7 @@ def _requeue_dead_local_trials(study) -> int:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         except (ValueError, RuntimeError):  # another worker got there first
             continue
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study.get_trials(deepcopy=False)[t.number])
-        requeued += 1
-    return requeued
+        _requeue()(study, study.get_trials(deepcopy=False)[t.number])
 
 
 def _alive(pid: int) -> bool:
@@ -280,9 +283,10 @@ def study_summary(study, metric: str | None = None) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    trials = _live(study.get_trials(deepcopy=False))
+    every = study.get_trials(deepcopy=False)
+    trials = _live(every)
     count = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-    count["lost_and_retried"] = len(study.trials) - len(trials) - sum("surplus" in t.user_attrs for t in study.trials)
+    count["lost_and_retried"] = len(every) - len(trials) - sum("surplus" in t.user_attrs for t in every)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = (max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min)(
         complete, key=lambda t: t.value) if complete else None
