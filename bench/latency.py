@@ -15,12 +15,15 @@ from common import minilm, random_bert, save
 
 from kdpipe.export import FP32, INT8, onnx_latency_ms, quantize_int8, session, to_onnx
 from kdpipe.modeling import derive_student, load_classifier, torch_latency_ms
+from kdpipe.task import SINGLE, LabelSchema
+
+BINARY = LabelSchema(SINGLE, ["0", "1"])
 
 
 def measure(name, teacher, student, seq, runs, root: Path):
     root.mkdir(parents=True, exist_ok=True)
     names = ["input_ids", "attention_mask", "token_type_ids"]
-    to_onnx(student, names, root / FP32, "single_label_classification", {"label_names": ["0", "1"]})
+    to_onnx(student, names, root / FP32, BINARY, {"label_names": BINARY.label_names})
     quantize_int8(root / FP32, root / INT8)
     fp32, int8 = session(root / FP32), session(root / INT8)
     rows = {}
@@ -44,8 +47,7 @@ def main():
     root = Path(tempfile.mkdtemp(prefix="kdpipe-bench-latency-"))
     base = load_classifier(random_bert(root / "bert-base", "bert-base"))
     tiny = load_classifier(random_bert(root / "bert-tiny", "bert-tiny"))
-    teacher = load_classifier(minilm(), __import__("kdpipe.data", fromlist=["LabelSchema"]).LabelSchema(
-        "single_label_classification", ["0", "1"]))
+    teacher = load_classifier(minilm(), BINARY)
     results = [measure("bert-base -> bert-tiny", base, tiny, args.seq, args.runs, root / "tiny"),
                measure("MiniLM-L6 -> layers [0, 5]", teacher, derive_student(teacher, [0, 5]), args.seq, args.runs,
                        root / "minilm2")]

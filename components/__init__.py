@@ -1,4 +1,4 @@
-"""KFP components: one thin, typed wrapper per pipeline step around kdpipe.pipeline_steps.
+"""KFP components: one typed wrapper per pipeline step around kdpipe.steps.
 
 Lightweight components (imports inside the body) on our image with install_kfp_package=False: the same
 code runs under KFP's local SubprocessRunner and, unchanged, in the image on a cluster.

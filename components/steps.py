@@ -1,7 +1,7 @@
-"""One component per step. Bodies only call kdpipe.pipeline_steps and copy numbers into KFP Metrics.
+"""One component per step. A body calls its step in kdpipe.steps and writes the result into the component's
+declared outputs; everything a later step reads travels as one of them (artifacts, or output parameters).
 
 No `from __future__ import annotations` here: KFP reads the real annotation objects."""
-
 
 import os
 from typing import NamedTuple
@@ -21,16 +21,18 @@ def _component(image: str = IMAGE):
 
 @_component()
 def validate_tokenizers(config_json: str, pipeline_run: str, report: Output[Markdown]) -> bool:
-    from kdpipe.pipeline_steps import markdown, validate_tokenizers_step
+    from kdpipe.steps import validate_tokenizers_step
+    from kdpipe_kfp.outputs import write_markdown
 
-    result = validate_tokenizers_step(config_json, pipeline_run, report.path + ".d")
-    markdown(report.path, "Tokenizer validation", result)
+    result = validate_tokenizers_step(config_json, pipeline_run)
+    write_markdown(report.path, "Tokenizer validation", result)
     return result["match"]
 
 
 @_component()
 def preprocess(config_json: str, pipeline_run: str, dataset: Output[Dataset], metrics: Output[Metrics]):
-    from kdpipe.pipeline_steps import log_kfp_metrics, preprocess_step
+    from kdpipe.steps import preprocess_step
+    from kdpipe_kfp.outputs import log_kfp_metrics
 
     log_kfp_metrics(metrics, preprocess_step(config_json, pipeline_run, dataset.path))
 
@@ -38,78 +40,105 @@ def preprocess(config_json: str, pipeline_run: str, dataset: Output[Dataset], me
 @_component(GPU_IMAGE)
 def prepare_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset], teacher: Output[Model],
                     metrics: Output[Metrics]):
-    from kdpipe.pipeline_steps import log_kfp_metrics, prepare_teacher_step
+    """`teacher` holds the fine-tuned teacher, or (metadata teacher_ref) names the configured one, used as is."""
+    from kdpipe.steps import prepare_teacher_step
+    from kdpipe_kfp.outputs import log_kfp_metrics
 
-    log_kfp_metrics(metrics, prepare_teacher_step(config_json, pipeline_run, dataset.path, teacher.path))
+    result = prepare_teacher_step(config_json, pipeline_run, dataset.path, teacher.path)
+    log_kfp_metrics(metrics, result)
+    teacher.metadata.update({"teacher_ref": result["teacher_ref"], "finetuned": result["finetuned"]})
 
 
 @_component(GPU_IMAGE)
 def evaluate_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset], teacher: Input[Model],
-                     teacher_logits: Output[Artifact], metrics: Output[Metrics]):
-    from kdpipe.pipeline_steps import evaluate_teacher_step, log_kfp_metrics
+                     teacher_logits: Output[Artifact],
+                     metrics: Output[Metrics]) -> NamedTuple("TeacherEval", metrics_json=str):
+    import json
 
-    log_kfp_metrics(metrics, evaluate_teacher_step(config_json, pipeline_run, dataset.path, teacher.path,
-                                                   teacher_logits.path))
+    from kdpipe.steps import evaluate_teacher_step
+    from kdpipe_kfp.outputs import log_kfp_metrics
+
+    result = evaluate_teacher_step(config_json, pipeline_run, dataset.path, teacher.path,
+                                   teacher.metadata.get("teacher_ref", ""), teacher_logits.path)
+    log_kfp_metrics(metrics, result)
+    return (json.dumps(result["metrics"]),)
 
 
 @_component(GPU_IMAGE)
 def hpo_worker(config_json: str, pipeline_run: str, worker: int, dataset: Input[Dataset], teacher: Input[Model],
-               teacher_logits: Input[Artifact], trials: Output[Artifact], metrics: Output[Metrics]):
-    from kdpipe.pipeline_steps import hpo_worker_step, log_kfp_metrics
+               teacher_logits: Input[Artifact], metrics: Output[Metrics]):
+    from kdpipe.steps import hpo_worker_step
+    from kdpipe_kfp.outputs import log_kfp_metrics
 
-    log_kfp_metrics(metrics, hpo_worker_step(config_json, pipeline_run, dataset.path, teacher.path,
-                                             teacher_logits.path, trials.path, worker))
+    # Inside a ParallelFor, KFP's local runner gives the job name as "<run>/for-loop-N-iteration-K".
+    log_kfp_metrics(metrics, hpo_worker_step(config_json, pipeline_run.split("/for-loop-")[0], dataset.path,
+                                             teacher.path, teacher.metadata.get("teacher_ref", ""),
+                                             teacher_logits.path, worker))
 
 
 @_component()
 def hpo_best(config_json: str, pipeline_run: str, dataset: Input[Dataset], given_params_json: str,
-             report: Output[HTML], metrics: Output[Metrics]) -> NamedTuple("Best", params_json=str, best_model_dir=str):
+             report: Output[HTML], best_model: Output[Model],
+             metrics: Output[Metrics]) -> NamedTuple("Best", params_json=str, reuse_model=bool):
+    """params_json: the best trial's params over the given ones; reuse_model: `best_model` holds the best trial's
+    student (hpo.reuse_best_model), to ship as it is."""
     import json
-    import shutil
-    from collections import namedtuple
-    from pathlib import Path
 
-    from kdpipe.pipeline_steps import hpo_best_step, log_kfp_metrics
+    from kdpipe.steps import hpo_best_step
+    from kdpipe_kfp.outputs import log_kfp_metrics
 
-    result = hpo_best_step(config_json, pipeline_run, dataset.path, report.path + ".d", given_params_json)
-    if result["hpo"]:
-        shutil.copyfile(Path(report.path + ".d") / "report.html", report.path)
-        log_kfp_metrics(metrics, {k: v for k, v in result.items() if k not in ("params", "best_params")})
-    else:
-        Path(report.path).write_text("<p>HPO is off (hpo.enabled: false): distillation uses the config.</p>")
-    return namedtuple("Best", ["params_json", "best_model_dir"])(json.dumps(result["params"]), result["best_model_dir"])
+    result = hpo_best_step(config_json, pipeline_run, dataset.path, report.path, best_model.path, given_params_json)
+    log_kfp_metrics(metrics, result)
+    return json.dumps(result["params"]), result["reuse_model"]
 
 
 @_component(GPU_IMAGE)
 def distill_student(config_json: str, pipeline_run: str, dataset: Input[Dataset], teacher: Input[Model],
-                    teacher_logits: Input[Artifact], student: Output[Model], metrics: Output[Metrics],
-                    params_json: str = "", reuse_model_dir: str = ""):
-    from kdpipe.pipeline_steps import distill_step, log_kfp_metrics
+                    teacher_logits: Input[Artifact], params_json: str, best_model: Input[Model],
+                    reuse_model: bool, student: Output[Model],
+                    metrics: Output[Metrics]) -> NamedTuple("Student", latency_ms_b1=float):
+    from kdpipe.steps import distill_step
+    from kdpipe_kfp.outputs import log_kfp_metrics
 
-    log_kfp_metrics(metrics, distill_step(config_json, pipeline_run, dataset.path, teacher.path,
-                                          teacher_logits.path, student.path, params_json, reuse_model_dir))
+    result = distill_step(config_json, pipeline_run, dataset.path, teacher.path, teacher.metadata.get("teacher_ref", ""),
+                          teacher_logits.path, student.path, params_json, best_model.path if reuse_model else "")
+    log_kfp_metrics(metrics, result)
+    return (result["latency_ms_b1"],)
 
 
 @_component()
 def evaluate_gate(config_json: str, pipeline_run: str, dataset: Input[Dataset], student: Input[Model],
-                  teacher_logits: Input[Artifact], gate: Output[Artifact], report: Output[Markdown],
-                  confusion: Output[ClassificationMetrics], metrics: Output[Metrics]) -> bool:
-    from kdpipe.pipeline_steps import gate_step, log_kfp_metrics, markdown
+                  teacher_metrics_json: str, student_latency_ms: float, report: Output[Markdown],
+                  confusion: Output[ClassificationMetrics], metrics: Output[Metrics],
+                  decision_json: dsl.OutputPath(str)) -> bool:
+    """Returns whether the gate passed (the single Output: KFP's local runner evaluates conditions only on that);
+    decision_json carries the decision on to export-register."""
+    import json
 
-    result = gate_step(config_json, pipeline_run, dataset.path, student.path, teacher_logits.path, gate.path)
+    from kdpipe.steps import gate_step
+    from kdpipe_kfp.outputs import log_kfp_metrics, write_markdown
+
+    result = gate_step(config_json, pipeline_run, dataset.path, student.path, json.loads(teacher_metrics_json),
+                       student_latency_ms)
     log_kfp_metrics(metrics, result)
-    markdown(report.path, "Evaluation gate: " + ("PASSED" if result["passed"] else "FAILED"), result)
+    write_markdown(report.path, "Evaluation gate: " + ("PASSED" if result["passed"] else "FAILED"), result)
     if "confusion_matrix" in result:
         confusion.log_confusion_matrix(result["label_names"], result["confusion_matrix"])
+    with open(decision_json, "w") as f:
+        json.dump({k: result[k] for k in ("passed", "promote_to_champion", "metric", "value")}, f)
     return result["passed"]
 
 
 @_component()
 def export_register(config_json: str, pipeline_run: str, dataset: Input[Dataset], student: Input[Model],
-                    gate: Input[Artifact], onnx_model: Output[Model], metrics: Output[Metrics]):
-    from kdpipe.pipeline_steps import export_register_step, log_kfp_metrics
+                    decision_json: str, onnx_model: Output[Model], metrics: Output[Metrics]):
+    import json
 
-    result = export_register_step(config_json, pipeline_run, dataset.path, student.path, gate.path, onnx_model.path)
+    from kdpipe.steps import export_register_step
+    from kdpipe_kfp.outputs import log_kfp_metrics
+
+    result = export_register_step(config_json, pipeline_run, dataset.path, student.path, json.loads(decision_json),
+                                  onnx_model.path)
     log_kfp_metrics(metrics, result)
     onnx_model.metadata.update({"registered_model": result["registry"]["registered_model"],
                                 "version": result["registry"]["version"], "framework": "onnx"})
@@ -117,6 +146,6 @@ def export_register(config_json: str, pipeline_run: str, dataset: Input[Dataset]
 
 @_component()
 def finish_tracking(config_json: str, pipeline_run: str, status: PipelineTaskFinalStatus) -> str:
-    from kdpipe.pipeline_steps import finish_step
+    from kdpipe.steps import finish_step
 
     return finish_step(config_json, pipeline_run, status.state, status.error_message or "")

@@ -1,1 +1,2 @@
-"""The kdpipe KFP pipeline (wiring only) and its compiled YAML (kdpipe_pipeline.yaml, kept up to date by tests)."""
+"""kdpipe's KFP layer: components (kdpipe_kfp.components), the DAG and its compiled YAML (kdpipe_pipeline),
+the local runner glue (local). It imports the core (kdpipe); the core never imports it."""

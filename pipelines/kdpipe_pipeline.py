@@ -1,4 +1,4 @@
-"""The DAG. Wiring only: every step's logic lives in kdpipe.pipeline_steps."""
+"""The DAG. Wiring only: every step's logic lives in kdpipe.steps, every output is declared by its component."""
 
 
 from pathlib import Path
@@ -41,33 +41,36 @@ def make_pipeline(accelerator: str = "nvidia.com/gpu", gpus: int = 1, secret: st
         with dsl.ExitHandler(finish, name="tracked-run"):
             tokens = validate_tokenizers(config_json=config_json, pipeline_run=RUN)
             data = preprocess(config_json=config_json, pipeline_run=RUN).after(tokens)
-            teacher = _on_gpu(prepare_teacher(config_json=config_json, pipeline_run=RUN,
-                                              dataset=data.outputs["dataset"]), accelerator, gpus)
-            teacher.set_retry(num_retries=2, backoff_duration="60s")
-            teval = _on_gpu(evaluate_teacher(config_json=config_json, pipeline_run=RUN,
-                                             dataset=data.outputs["dataset"], teacher=teacher.outputs["teacher"]),
+            dataset = data.outputs["dataset"]
+            teacher = _on_gpu(prepare_teacher(config_json=config_json, pipeline_run=RUN, dataset=dataset),
+                              accelerator, gpus)
+            teacher_in = {"teacher": teacher.outputs["teacher"]}  # its metadata says whether it is the model itself
+            teval = _on_gpu(evaluate_teacher(config_json=config_json, pipeline_run=RUN, dataset=dataset, **teacher_in),
                             accelerator, gpus)
+            logits = teval.outputs["teacher_logits"]
             # HPO: one worker task per item of hpo_workers (kdpipe run sets [0..hpo.workers-1]; [] = off), all on
             # one Optuna study; then the best trial's params go to the final distillation.
             with dsl.ParallelFor(hpo_workers, name="hpo-workers") as worker:
-                search = _on_gpu(hpo_worker(config_json=config_json, pipeline_run=RUN, worker=worker,
-                                            dataset=data.outputs["dataset"], teacher=teacher.outputs["teacher"],
-                                            teacher_logits=teval.outputs["teacher_logits"]), accelerator, gpus)
-                search.set_retry(num_retries=2, backoff_duration="60s")
-            best = hpo_best(config_json=config_json, pipeline_run=RUN, dataset=data.outputs["dataset"],
+                search = _on_gpu(hpo_worker(config_json=config_json, pipeline_run=RUN, worker=worker, dataset=dataset,
+                                            teacher_logits=logits, **teacher_in), accelerator, gpus)
+            best = hpo_best(config_json=config_json, pipeline_run=RUN, dataset=dataset,
                             given_params_json=distill_params_json).after(search)
-            student = _on_gpu(distill_student(config_json=config_json, pipeline_run=RUN,
-                                              dataset=data.outputs["dataset"], teacher=teacher.outputs["teacher"],
-                                              teacher_logits=teval.outputs["teacher_logits"],
-                                              params_json=best.outputs["params_json"],
-                                              reuse_model_dir=best.outputs["best_model_dir"]), accelerator, gpus)
-            student.set_retry(num_retries=2, backoff_duration="60s")
-            gate = evaluate_gate(config_json=config_json, pipeline_run=RUN, dataset=data.outputs["dataset"],
-                                 student=student.outputs["student"], teacher_logits=teval.outputs["teacher_logits"])
+            student = _on_gpu(distill_student(config_json=config_json, pipeline_run=RUN, dataset=dataset,
+                                              teacher_logits=logits, params_json=best.outputs["params_json"],
+                                              best_model=best.outputs["best_model"],
+                                              reuse_model=best.outputs["reuse_model"], **teacher_in), accelerator, gpus)
+            gate = evaluate_gate(config_json=config_json, pipeline_run=RUN, dataset=dataset,
+                                 student=student.outputs["student"],
+                                 teacher_metrics_json=teval.outputs["metrics_json"],
+                                 student_latency_ms=student.outputs["latency_ms_b1"])
             with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
-                register = export_register(config_json=config_json, pipeline_run=RUN, dataset=data.outputs["dataset"],
-                                           student=student.outputs["student"], gate=gate.outputs["gate"])
-                register.set_retry(num_retries=1, backoff_duration="30s")
+                register = export_register(config_json=config_json, pipeline_run=RUN, dataset=dataset,
+                                           student=student.outputs["student"],
+                                           decision_json=gate.outputs["decision_json"])
+            # A retry can fix a lost node, not bad input (a step failing on bad input exits with its message).
+            for task in (teacher, search, student):
+                task.set_retry(num_retries=2, backoff_duration="60s")
+            register.set_retry(num_retries=1, backoff_duration="30s")
             # Every step writes to MLflow (its child run of this pipeline run): a cached step would skip that.
             for task in (tokens, data, teacher, teval, search, best, student, gate, register):
                 task.set_caching_options(False)

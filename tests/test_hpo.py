@@ -46,11 +46,22 @@ def test_space_defaults_to_the_blogs_and_is_validated(hpo_setup):
         load_config(raw=dict(raw, hpo={"space": {"learning_rate": {"type": "float", "low": 0, "high": 1, "log": True}}}))
     with pytest.raises(ConfigError, match="hpo.pruner"):
         load_config(raw=raw, overrides=["hpo.pruner=sometimes"])
-    assert isinstance(make_pruner("median"), optuna.pruners.MedianPruner)
-    assert isinstance(make_pruner("hyperband"), optuna.pruners.HyperbandPruner)
-    assert isinstance(make_pruner("none"), optuna.pruners.NopPruner)
     study = open_study(hpo_cfg(raw, hpo_setup[1] / "space", study_name="s"))
     assert isinstance(study.sampler, optuna.samplers.TPESampler)
+
+
+@pytest.mark.parametrize("name, prunes", [("median", True), ("none", False)])
+def test_pruner_stops_a_trial_below_the_median_after_the_startup_trials(name, prunes):
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(name))
+    for value in (0.8, 0.9):  # two startup trials, each reporting epochs 1 and 2
+        trial = study.ask()
+        trial.report(value, 1)
+        trial.report(value, 2)
+        study.tell(trial, value)
+    weak, strong = study.ask(), study.ask()
+    weak.report(0.1, 1)
+    strong.report(0.95, 1)
+    assert bool(weak.should_prune()) is prunes and not strong.should_prune()
 
 
 def test_study_persists_and_resumes(hpo_setup):
@@ -70,49 +81,50 @@ def test_study_persists_and_resumes(hpo_setup):
     assert len(open_study(cfg5).trials) == 5
 
 
-def test_best_trial_model_is_reused_only_for_the_same_data_and_teacher(hpo_setup, tmp_path):
-    from kdpipe.distill import reuse_trial_model
+def test_best_trial_model_is_reused_only_from_this_pipeline_run(hpo_setup, tmp_path):
+    """With hpo.reuse_best_model each trial logs its model to its MLflow trial run; hpo-best takes it from there,
+    and only from a trial of the same pipeline run (so the same data and the same teacher)."""
+    from kdpipe.tracking import TrialRuns, download_trial_model, hpo_run_id
 
     raw, root, teacher = hpo_setup
-    cfg = hpo_cfg(raw, root / "reuse", n_trials=2, study_name="reuse")
-    best = run_trials(cfg, root / "prep", teacher, root / "teval", root / "reuse" / "work")
-    reused = reuse_trial_model(best["best_model_dir"], root / "prep", teacher, tmp_path / "a")
-    assert reused["reused_trial_model"] == best["best_model_dir"]
-    assert (tmp_path / "a/model/model.safetensors").is_file()
-    assert reused["params"]["learning_rate"] == best["best_params"]["learning_rate"]
-    assert reuse_trial_model(best["best_model_dir"], root / "prep", "another/teacher", tmp_path / "b") is None
-    assert reuse_trial_model(tmp_path / "gone/model", root / "prep", teacher, tmp_path / "c") is None
+    raw = dict(raw, tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "reuse"})
+    cfg = hpo_cfg(raw, tmp_path, n_trials=2, study_name="reuse", reuse_best_model=True)
+    hpo_id = hpo_run_id(cfg, "run-a")
+    best = run_trials(cfg, root / "prep", teacher, root / "teval", tmp_path / "work",
+                      trial_log=TrialRuns(cfg, "run-a", hpo_id))
+    assert download_trial_model(cfg, "run-a", hpo_id, best["best_trial"], tmp_path / "a")
+    assert (tmp_path / "a/model/model.safetensors").is_file() and (tmp_path / "a/model/tokenizer.json").is_file()
+    # A later pipeline run resuming the same study must not ship a model trained with an earlier run's teacher.
+    assert not download_trial_model(cfg, "run-b", hpo_run_id(cfg, "run-b"), best["best_trial"], tmp_path / "b")
+    assert not (tmp_path / "b/model").exists()
 
 
 def test_diverging_trial_is_recorded_and_the_study_goes_on(hpo_setup, monkeypatch):
+    """A trial whose loss turns NaN (injected into the second trial's training) is recorded as pruned with the
+    reason; the other trials complete and the best params come from them."""
     import kdpipe.trainer as trainer
 
     raw, root, teacher = hpo_setup
-    real = trainer.distillation_loss
-
-    def explode_at_high_lr(student_logits, *args, **kwargs):
-        loss = real(student_logits, *args, **kwargs)
-        return loss * float("nan") if EXPLODE["on"] else loss
-
-    EXPLODE = {"on": False}
-    monkeypatch.setattr(trainer, "distillation_loss", explode_at_high_lr)
-    original = trainer.DistillationTrainer.__init__
+    real, started = trainer.distillation_loss, []
+    original_init = trainer.DistillationTrainer.__init__
 
     def init(self, *a, **k):
-        original(self, *a, **k)
-        EXPLODE["on"] = self.args.learning_rate > 5e-4  # the blog's rerun diverged at high learning rates
+        original_init(self, *a, **k)
+        started.append(self)
+
+    def loss(student_logits, *args, **kwargs):
+        value = real(student_logits, *args, **kwargs)
+        return value * float("nan") if len(started) == 2 else value
 
     monkeypatch.setattr(trainer.DistillationTrainer, "__init__", init)
-    cfg = hpo_cfg(raw, root / "nan", n_trials=4, study_name="nan",
-                  space={"learning_rate": {"type": "categorical", "choices": [1e-4, 1e-3]}})
+    monkeypatch.setattr(trainer, "distillation_loss", loss)
+    cfg = hpo_cfg(raw, root / "nan", n_trials=3, study_name="nan")
     summary = run_trials(cfg, root / "prep", teacher, root / "teval", root / "nan" / "work")
-    trials = open_study(cfg).trials
-    assert len(trials) == 4
-    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
-    assert pruned and all(t.params["learning_rate"] == 1e-3 for t in pruned)
-    assert all("training loss became nan" in t.user_attrs["stopped"] for t in pruned)
-    assert summary["trials"]["complete"] == 4 - len(pruned) > 0
-    assert summary["best_params"]["learning_rate"] == 1e-4
+    states = {t.number: t.state for t in open_study(cfg).trials}
+    assert states == {0: optuna.trial.TrialState.COMPLETE, 1: optuna.trial.TrialState.PRUNED,
+                      2: optuna.trial.TrialState.COMPLETE}
+    assert "training loss became nan" in open_study(cfg).trials[1].user_attrs["stopped"]
+    assert summary["trials"]["complete"] == 2 and summary["best_trial"] in (0, 2)
 
 
 def test_no_password_in_storage(hpo_setup):

@@ -33,7 +33,7 @@ def test_single_label_matches_formula(alpha, T):
     g = torch.Generator().manual_seed(int(alpha * 10 + T))
     s, t = torch.randn(6, 3, generator=g) * 3, torch.randn(6, 3, generator=g) * 3
     y = torch.randint(0, 3, (6,), generator=g)
-    got = distillation_loss(s, t, y, alpha, T, "single_label_classification").item()
+    got = distillation_loss(s, t, y, alpha, T, "softmax_kl").item()
     assert got == pytest.approx(reference_single(s, t, y, alpha, T), rel=1e-5, abs=1e-6)
 
 
@@ -42,23 +42,23 @@ def test_multi_label_matches_formula(alpha, T):
     g = torch.Generator().manual_seed(int(alpha * 10 + T) + 100)
     s, t = torch.randn(5, 6, generator=g) * 2, torch.randn(5, 6, generator=g) * 2
     y = (torch.rand(5, 6, generator=g) > 0.7).float()
-    got = distillation_loss(s, t, y, alpha, T, "multi_label_classification").item()
+    got = distillation_loss(s, t, y, alpha, T, "sigmoid_bce").item()
     assert got == pytest.approx(reference_multi(s, t, y, alpha, T), rel=1e-5, abs=1e-6)
 
 
 def test_soft_term_vanishes_when_student_equals_teacher():
     s = torch.randn(4, 2)
     y = torch.tensor([0, 1, 1, 0])
-    only_soft = distillation_loss(s, s.clone(), y, 0.0, 4.0)
+    only_soft = distillation_loss(s, s.clone(), y, 0.0, 4.0, "softmax_kl")
     assert only_soft.item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_registry_and_alpha_one_without_teacher():
     assert {"softmax_kl", "sigmoid_bce"} <= set(LOSSES)
     s, y = torch.randn(4, 2), torch.tensor([0, 1, 1, 0])
-    assert distillation_loss(s, None, y, 1.0, 4.0).item() == pytest.approx(
+    assert distillation_loss(s, None, y, 1.0, 4.0, "softmax_kl").item() == pytest.approx(
         torch.nn.functional.cross_entropy(s, y).item())
     with pytest.raises(ValueError):
-        distillation_loss(s, None, y, 0.5, 4.0)
+        distillation_loss(s, None, y, 0.5, 4.0, "softmax_kl")
     with pytest.raises(KeyError, match="registered"):
-        distillation_loss(s, s, y, 0.5, 4.0, loss="nope")
+        distillation_loss(s, s, y, 0.5, 4.0, "nope")

@@ -63,13 +63,21 @@ def test_shipped_configs_load_and_compile(tmp_path, shared_data):
     demo = load_config(ROOT / "configs/demo.yaml")
     assert demo.student.layers == [0, 5] and demo.teacher.model.endswith("model")
     sst2 = load_config(ROOT / "configs/sst2-bert-tiny.yaml")
+    # Hub ids stay Hub ids (they are not files here), and the Hub dataset's split names are not paths.
     assert (sst2.teacher.model, sst2.student.model) == ("textattack/bert-base-uncased-SST-2",
                                                         "google/bert_uncased_L-2_H-128_A-2")
-    assert (sst2.distillation.epochs, sst2.distillation.batch_size, sst2.distillation.learning_rate,
-            sst2.distillation.alpha, sst2.distillation.temperature) == (7, 128, 6e-5, 0.5, 4.0)
+    assert (sst2.data.train, sst2.data.validation) == ("train", "validation")
     jigsaw = str(shared_data / "jigsaw/train_sample300.csv")
     toxic = load_config(ROOT / "configs/toxic-bert-tiny.yaml", [f"data.train={jigsaw}", f"data.validation={jigsaw}"])
-    assert len(toxic.data.label_columns) == 6
+    # The gate's metric must be one the multi-label task reports, else the gate could never pass.
+    import numpy as np
+
+    from kdpipe.metrics import compute_metrics
+    from kdpipe.task import MULTI, LabelSchema
+    schema = LabelSchema(MULTI, toxic.data.label_columns)
+    labels = np.eye(6)[np.arange(12) % 6]
+    reported = compute_metrics(np.random.default_rng(0).normal(size=(12, 6)), labels, schema)
+    assert schema.primary_metric(toxic.gate.metric) == "roc_auc_macro" and "roc_auc_macro" in reported
     assert main(["compile", "-o", str(tmp_path / "k.yaml")]) == 0
     assert (tmp_path / "k.yaml").is_file()
 
@@ -87,14 +95,10 @@ def tiny_run(tmp_path_factory, bert_tokenizer, sst2_small):
     return root
 
 
-def registered_versions(root):
+def registered_versions(root, name):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    try:
-        return client.search_model_versions("name='tiny-student'")
-    except Exception:
-        return []
+    return MlflowClient(f"sqlite:///{root}/mlflow.db").search_model_versions(f"name='{name}'")
 
 
 def parent_and_children(root, run_id):
@@ -108,7 +112,8 @@ def parent_and_children(root, run_id):
 
 def test_gate_passes_exports_and_registers(tiny_run, capsys):
     out = tiny_run / "pass"
-    code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), "--set", "gate.min_metric=0.0"])
+    code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), "--set", "gate.min_metric=0.0",
+                 "--set", "tracking.registered_model=passing"])
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0, (summary, printed)
@@ -130,15 +135,17 @@ def test_gate_passes_exports_and_registers(tiny_run, capsys):
     assert parent.info.status == "FINISHED" and sorted(children) == sorted(steps)
     assert parent.data.tags["kdpipe.data_fingerprint"] and parent.data.tags["kdpipe.config_hash"]
     assert "distillation.alpha" in parent.data.params and "tracking.uri" in parent.data.params
-    versions = registered_versions(tiny_run)
+    versions = registered_versions(tiny_run, "passing")
     assert len(versions) == 1 and set(summary["registry"]["aliases"]) == {"challenger", "champion"}
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{tiny_run}/mlflow.db")
-    assert client.get_model_version_by_alias("tiny-student", "champion").version == versions[0].version
+    assert client.get_model_version_by_alias("passing", "champion").version == versions[0].version
+    # Results are written once: the step's result.json on its MLflow run, not beside its outputs.
+    assert not list(run_dir.rglob("result.json")) and not list(run_dir.rglob("*.d"))
     # The registered ONNX model loads through MLflow, and `kdpipe predict` reads the exported one.
     import mlflow.onnx
     mlflow.set_tracking_uri(f"sqlite:///{tiny_run}/mlflow.db")
-    assert mlflow.onnx.load_model("models:/tiny-student@champion").graph.output[1].name == "probabilities"
+    assert mlflow.onnx.load_model("models:/passing@champion").graph.output[1].name == "probabilities"
     assert main(["predict", "--model", summary["onnx"]["path"].rsplit("/", 1)[0], "a lovely film"]) == 0
 
 
@@ -151,7 +158,8 @@ def test_hpo_with_two_workers_feeds_the_best_params_into_distillation(tiny_run, 
                         "alpha": {"type": "float", "low": 0.0, "high": 1.0}})
     code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), "--set", "gate.min_metric=0.0",
                  "--set", "hpo.enabled=true", "--set", "hpo.n_trials=4", "--set", "hpo.workers=2",
-                 "--set", f"hpo.storage=journal:{out}/optuna.log", "--set", f"hpo.space={space}"])
+                 "--set", f"hpo.storage=journal:{out}/optuna.log", "--set", f"hpo.space={space}",
+                 "--set", "hpo.reuse_best_model=true", "--set", "tracking.registered_model=searched"])
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0, (summary, printed)
@@ -159,9 +167,6 @@ def test_hpo_with_two_workers_feeds_the_best_params_into_distillation(tiny_run, 
     assert hpo["trials"]["complete"] + hpo["trials"]["pruned"] == 4 and hpo["trials"]["running"] == 0
     run_dir = __import__("pathlib").Path(summary["pipeline_root"])
     assert (run_dir / "hpo-best/report").read_text().count("plotly") > 0
-    # Both workers ran trials: each ParallelFor iteration leaves its own task folder with trial models.
-    trial_dirs = list(run_dir.glob("for-loop-*-iteration-*/hpo-worker/trials/trial-*"))
-    assert len(trial_dirs) == 4 and len({d.parents[2] for d in trial_dirs}) == 2, trial_dirs
     # MLflow: the HPO run (child of the pipeline run) holds one run per trial, the best params and the plots.
     client = MlflowClient(f"sqlite:///{tiny_run}/mlflow.db")
     parent, children = parent_and_children(tiny_run, summary["mlflow"]["parent_run_id"])
@@ -171,46 +176,69 @@ def test_hpo_with_two_workers_feeds_the_best_params_into_distillation(tiny_run, 
     assert "report.html" in [a.path for a in client.list_artifacts(hpo_run.info.run_id)]
     trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{hpo_run.info.run_id}'")
     assert sorted(int(t.data.tags["optuna.trial_number"]) for t in trials) == [0, 1, 2, 3]
+    assert len({t.data.tags["kdpipe.worker"] for t in trials}) == 2  # both ParallelFor workers ran trials
     assert {t.data.tags["optuna.state"] for t in trials} <= {"COMPLETE", "PRUNED"}
     assert all({"epochs", "learning_rate", "alpha"} <= set(t.data.params) for t in trials)
     best = next(t for t in trials if t.data.tags["optuna.trial_number"] == str(hpo["best_trial"]))
     assert best.data.metrics["accuracy"] == pytest.approx(hpo["best_value"])
     assert client.get_metric_history(best.info.run_id, "eval_accuracy")  # one point per epoch
-    # The final distillation trained with the best trial's params.
-    distill = children["distill_student"].data.params
-    assert float(distill["distillation.learning_rate"]) == pytest.approx(hpo["best_params"]["learning_rate"])
-    assert int(distill["distillation.epochs"]) == hpo["best_params"]["epochs"]
+    # hpo.reuse_best_model: the best trial's model (logged to its trial run) is shipped as the student, untrained
+    # again, through hpo-best's Model output; its params are the best trial's.
+    distill = children["distill_student"]
+    assert float(distill.data.params["distillation.learning_rate"]) == pytest.approx(hpo["best_params"]["learning_rate"])
+    assert int(distill.data.params["distillation.epochs"]) == hpo["best_params"]["epochs"]
+    import mlflow
+    shipped = mlflow.artifacts.load_dict(f"runs:/{distill.info.run_id}/result.json")
+    assert shipped["reused_trial_model"] is True and "train_runtime_s" not in shipped
+    assert summary["student"]["metrics"]["accuracy"] == pytest.approx(hpo["best_value"])
 
 
 def test_gate_fails_nothing_exported_or_registered(tiny_run, capsys):
-    before = len(registered_versions(tiny_run))
     out = tiny_run / "fail"
-    code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), "--set", "gate.min_metric=0.99"])
+    code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), "--set", "gate.min_metric=0.99",
+                 "--set", "tracking.registered_model=failing"])
     summary = json.loads((out / "summary.json").read_text())
     assert code == 3, summary
     assert summary["status"] == "gate_failed" and not summary["gate"]["passed"]
     assert any("gate.min_metric 0.99" in r for r in summary["gate"]["reasons"])
     assert summary["onnx"] is None and summary["registry"] is None
     assert not (__import__("pathlib").Path(summary["pipeline_root"]) / "export-register").exists()
-    assert len(registered_versions(tiny_run)) == before
+    assert registered_versions(tiny_run, "failing") == []
     parent, children = parent_and_children(tiny_run, summary["mlflow"]["parent_run_id"])
     assert parent.info.status == "FINISHED" and "export_register" not in children
 
 
-def test_bad_data_fails_at_preprocess_with_the_core_message(tiny_run, tmp_path, capsys):
-    before = len(registered_versions(tiny_run))
+def test_bad_local_data_fails_before_the_pipeline_starts(tiny_run, tmp_path, capsys):
+    import time
+
     bad = tmp_path / "train.tsv"
     bad.write_text("sentence\tlabel\na fine film\t1\n\t0\nflat\t0\n")
-    out = tiny_run / "bad"
+    out = tiny_run / "preflight"
+    started = time.perf_counter()
     code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), "--set", f"data.train={bad}"])
-    summary = json.loads((out / "summary.json").read_text())
-    assert code == 2, summary
+    took = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert code == 2 and "train.tsv: column 'sentence', row 2" in err and "empty or missing text" in err
+    assert took < 10, took  # no KFP task started, no model loaded
+    assert not (out / "pipeline-root").exists() and not (out / "summary.json").exists()
+
+
+def test_bad_data_in_the_pipeline_fails_at_preprocess_with_the_core_message(tiny_run, tmp_path):
+    """A cluster run starts without this machine's pre-flight: the preprocess step finds the same problem."""
+    from kdpipe.config import load_config
+    from kdpipe_kfp.local import run_local
+
+    bad = tmp_path / "train.tsv"
+    bad.write_text("sentence\tlabel\na fine film\t1\n\t0\nflat\t0\n")
+    cfg = load_config(tiny_run / "config.yaml", [f"data.train={bad}", "tracking.registered_model=bad-data"])
+    summary = run_local(cfg, tiny_run / "bad")
     assert summary["status"] == "bad_input"
     assert any("preprocess: DataError" in e and "train.tsv: column 'sentence', row 2" in e for e in summary["errors"])
+    assert summary["gate"] is None  # not "FAILED": the gate never ran
     parent, children = parent_and_children(tiny_run, summary["mlflow"]["parent_run_id"])
     assert parent.info.status == "FAILED" and "DataError" in parent.data.tags["kdpipe.error"]
     assert children["preprocess"].info.status == "FAILED" and "prepare_teacher" not in children
-    assert len(registered_versions(tiny_run)) == before
+    assert registered_versions(tiny_run, "bad-data") == []
 
 
 def test_bad_config_fails_before_the_pipeline(tiny_run, capsys):
@@ -220,7 +248,7 @@ def test_bad_config_fails_before_the_pipeline(tiny_run, capsys):
 
 
 def test_config_survives_the_local_runner_python3_rewrite():
-    from kdpipe.run import local_safe_json
+    from kdpipe_kfp.local import local_safe_json
 
     value = {"teacher": {"model": "/venv/lib/python3.11/site-packages/pkg/model"}}
     encoded = local_safe_json(value)

@@ -38,7 +38,7 @@ def one_step_params(prep, teacher_dir, root, *, batch, accumulation, cached, nam
                               max_steps=1, optim="sgd", lr_scheduler_type="constant", save_strategy="no",
                               eval_strategy="no")
     DistillationTrainer(model=student, args=args, train_dataset=train, data_collator=KDCollator(tokenizer),
-                        alpha=0.5, temperature=2.0, teacher=online).train()
+                        alpha=0.5, temperature=2.0, loss_name=prep.schema.loss(), teacher=online).train()
     return {k: v.detach().clone() for k, v in student.named_parameters()}
 
 
@@ -94,10 +94,10 @@ def test_teacher_logits_cached_and_keyed_to_data(setup):
     cfg, root, teacher, prep = setup
     result = evaluate_teacher(cfg, root / "prep", teacher, root / "teval")
     assert result["logits_rows"] == 400 and set(result["metrics"]) == {"accuracy", "macro_f1"}
-    logits = load_logits(root / "teval", prep.info["fingerprints"]["train"])
+    logits = load_logits(root / "teval", prep.info["fingerprints"]["train"], "evaluate-teacher")
     assert logits.shape == (400, 2)
-    with pytest.raises(DataError, match="computed on other training data"):
-        load_logits(root / "teval", "0" * 16)
+    with pytest.raises(DataError, match="computed on other data.*re-run evaluate-teacher"):
+        load_logits(root / "teval", "0" * 16, "evaluate-teacher")
     assert (root / "teval" / LOGITS_FILE).is_file()
 
 
@@ -127,11 +127,22 @@ def test_distill_resumes_after_interruption(setup, monkeypatch):
     assert distill_student(cfg, root / "prep", teacher, root / "teval", root / "student")["resumed_from"] is None
 
 
-def test_export_parity_metadata_int8_and_predict(setup, capsys):
+@pytest.fixture(scope="module")
+def student_artifact(setup):
+    """A student artifact as distill-student leaves it (model/ + its validation logits), from the tiny classifier."""
+    from kdpipe.distill import adopt_model
+
+    cfg, root, teacher, _ = setup
+    result = adopt_model(cfg, root / "prep", teacher, root / "student-artifact")
+    assert result["latency_ms_b1"] > 0 and set(result["metrics"]) == {"accuracy", "macro_f1"}
+    return root / "student-artifact"
+
+
+def test_export_parity_metadata_int8_and_predict(setup, student_artifact, capsys):
     from kdpipe.export import OnnxClassifier, export_onnx
 
     cfg, root, teacher, prep = setup
-    result = export_onnx(cfg, teacher, root / "prep", root / "onnx")
+    result = export_onnx(cfg, student_artifact, root / "prep", root / "onnx")
     assert result["max_abs_logit_diff"] < cfg.export.parity_tolerance
     assert result["metrics_fp32"] == result["metrics_torch"]
     assert (root / "onnx/model.int8.onnx").is_file() and result["int8_metric_drop"] <= cfg.export.max_int8_metric_drop
@@ -146,12 +157,60 @@ def test_export_parity_metadata_int8_and_predict(setup, capsys):
     assert line["labels"][0] in ("0", "1")
 
 
-def test_failed_parity_leaves_nothing(setup, monkeypatch):
+def test_failed_parity_leaves_nothing(setup, student_artifact, monkeypatch):
     import kdpipe.export as export
 
     cfg, root, teacher, _ = setup
     real = export.onnx_logits
     monkeypatch.setattr(export, "onnx_logits", lambda *a, **k: real(*a, **k) + 0.01)
     with pytest.raises(ExportError, match="differ by 1.00e-02"):
-        export.export_onnx(cfg, teacher, root / "prep", root / "onnx-bad")
+        export.export_onnx(cfg, student_artifact, root / "prep", root / "onnx-bad")
     assert not (root / "onnx-bad").exists()
+
+
+def test_int8_check_uses_the_gates_metric(setup, student_artifact, monkeypatch):
+    """configs/toxic-bert-tiny.yaml gates on roc_auc_macro: the int8 model must be judged on that, not micro_f1.
+    Here the int8 model keeps its accuracy but loses 0.1 macro-F1, so only a macro-F1 gate rejects it."""
+    import kdpipe.export as export
+
+    cfg, root, _, _ = setup
+    fp32, int8 = {"accuracy": 0.9, "macro_f1": 0.9}, {"accuracy": 0.9, "macro_f1": 0.8}
+
+    def export_with_gate(metric, out):
+        judged = iter([fp32, fp32, int8])  # export judges: ONNX fp32, the PyTorch logits, then ONNX int8
+        monkeypatch.setattr(export, "compute_metrics", lambda *a: next(judged))
+        gate_cfg = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"metric": metric})})
+        return export.export_onnx(gate_cfg, student_artifact, root / "prep", root / out)
+
+    on_f1 = export_with_gate("macro_f1", "onnx-f1")
+    assert on_f1["int8_metric"] == "macro_f1" and on_f1["int8_metric_drop"] == pytest.approx(0.1)
+    assert on_f1["int8_path"] is None and "int8 macro_f1 drop 0.1000" in on_f1["int8_rejected"]
+    on_accuracy = export_with_gate("accuracy", "onnx-acc")
+    assert on_accuracy["int8_metric"] == "accuracy" and on_accuracy["int8_path"].endswith("model.int8.onnx")
+
+
+def test_steps_that_need_no_model_import_no_torch(setup, student_artifact, tmp_path):
+    """The gate judges stored logits; hpo-best with HPO off and the exit handler only pass things on: none of them
+    should pay torch's import (seconds per task on a cluster as here)."""
+    import subprocess
+    import sys
+
+    cfg, root, _, _ = setup
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path}/m.db"})})
+    (tmp_path / "config.json").write_text(cfg.model_dump_json())
+    code = f"""
+import json, sys
+from pathlib import Path
+from kdpipe.steps import finish_step, gate_step, hpo_best_step
+config = Path({str(tmp_path / 'config.json')!r}).read_text()
+gate = gate_step(config, "no-torch", {str(root / 'prep')!r}, {str(student_artifact)!r},
+                 {{"accuracy": 0.5, "macro_f1": 0.5}}, 1.0)
+best = hpo_best_step(config, "no-torch", {str(root / 'prep')!r}, {str(tmp_path / 'report.html')!r},
+                     {str(tmp_path / 'best')!r}, '{{"epochs": 2}}')
+finish_step(config, "no-torch", "SUCCEEDED")
+print(json.dumps({{"torch": "torch" in sys.modules, "gate": gate["metric"], "params": best["params"]}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"torch": False, "gate": "accuracy",
+                                                                "params": {"epochs": 2}}

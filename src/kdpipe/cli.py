@@ -27,12 +27,12 @@ def cmd_validate_tokenizers(args) -> int:
         from kdpipe.data import read_table
 
         data = DataConfig(train=args.data, validation=args.data, text_column=args.text_column)
-        frame = read_table(args.data, data)
-        if args.text_column not in frame.columns:
-            print(f"{args.data}: no column {args.text_column!r} (columns: {list(frame.columns)}); use --text-column",
+        rows = read_table(args.data, data)
+        if args.text_column not in rows.column_names:
+            print(f"{args.data}: no column {args.text_column!r} (columns: {rows.column_names}); use --text-column",
                   file=sys.stderr)
             return EXIT_BAD_INPUT
-        texts = [t for t in frame[args.text_column].tolist() if isinstance(t, str) and t.strip()][: args.samples]
+        texts = [t for t in rows[args.text_column] if isinstance(t, str) and t.strip()][: args.samples]
     report = compare_tokenizers(load_tokenizer(args.teacher, what="--teacher"),
                                 load_tokenizer(args.student, what="--student"), texts)
     if report["match"]:
@@ -61,9 +61,12 @@ def cmd_predict(args) -> int:
 
 def cmd_run(args) -> int:
     from kdpipe.config import load_config
-    from kdpipe.run import print_summary, run_local
+    from kdpipe.preflight import check_local_inputs
+    from kdpipe.summary import print_summary
+    from kdpipe_kfp.local import run_local  # the KFP layer, imported only by the commands that need it
 
     cfg = load_config(args.config, args.set)
+    check_local_inputs(cfg)
     summary = run_local(cfg, args.output_dir or cfg.output_dir)
     print_summary(summary)
     print(f"  summary: {Path(args.output_dir or cfg.output_dir).resolve() / 'summary.json'}")

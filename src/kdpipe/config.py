@@ -13,8 +13,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdpipe.errors import ConfigError
+from kdpipe.task import MULTI, SINGLE
 
-ProblemType = Literal["auto", "single_label_classification", "multi_label_classification"]
+ProblemType = Literal["auto", SINGLE, MULTI]
+
+
+def _as_list(value):
+    """A scalar given for a list key (`--set data.label_columns=label`) is a one-element list."""
+    return [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
 
 
 class _Section(BaseModel):
@@ -22,18 +28,31 @@ class _Section(BaseModel):
 
 
 class TeacherConfig(_Section):
-    model: str = Field(description="Hub id, local directory, or `module:<python package>` exposing get_model_path().")
-    revision: str | None = None
-    finetune: Literal["auto", "always", "never"] = "auto"
-    epochs: float = Field(3.0, gt=0)
-    learning_rate: float = Field(5e-5, gt=0)
-    batch_size: int = Field(32, ge=1)
+    """The fine-tuned (or to be fine-tuned) classifier to distil."""
+
+    model: str = Field(description="the teacher: Hub id, local directory saved with save_pretrained, or "
+                                   "`module:<python package>` exposing get_model_path()")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
+    finetune: Literal["auto", "always", "never"] = Field(
+        "auto", description="`auto`: fine-tune first only when the teacher is not yet a classifier for these labels "
+                            "(no classification head, another number of labels, other label names, other problem "
+                            "type); `always`; `never` (error if it is not a classifier for these labels)")
+    epochs: float = Field(3.0, gt=0, description="fine-tuning epochs")
+    learning_rate: float = Field(5e-5, gt=0, description="fine-tuning learning rate")
+    batch_size: int = Field(32, ge=1, description="fine-tuning batch size")
 
 
 class StudentConfig(_Section):
-    model: str | None = None
-    revision: str | None = None
-    layers: list[int] | None = None
+    """The small model trained to imitate the teacher. Set exactly one of `model` or `layers`."""
+
+    model: str | None = Field(None, description="the student: Hub id or local directory; its tokenizer must match "
+                                                "the teacher's (checked before training)")
+    revision: str | None = Field(None, description="Hub revision for `student.model`")
+    layers: list[int] | None = Field(None, description="derive the student from the (fine-tuned) teacher, keeping "
+                                                       "these encoder layers, e.g. `[0, 5]` (DistilBERT-style init: "
+                                                       "embeddings, chosen layers, pooler and head copied)")
+
+    _layers_list = field_validator("layers", mode="before")(_as_list)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -46,24 +65,39 @@ class StudentConfig(_Section):
 
 
 class DataConfig(_Section):
-    dataset: str | None = Field(None, description="Hub dataset id; then train/validation/test are split names.")
-    dataset_config: str | None = None
-    train: str
-    validation: str
-    test: str | None = None
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
-    header: bool = True
-    column_names: list[str] | None = None
-    text_column: str = "text"
-    label_columns: list[str] = Field(default_factory=lambda: ["label"], min_length=1)
-    label_names: list[str] | None = None
-    label_names_file: str | None = None
-    label_separator: str = ","
-    problem_type: ProblemType = "auto"
-    max_train_samples: int | None = Field(None, ge=1)
-    max_eval_samples: int | None = Field(None, ge=1)
-    max_length: int = Field(128, ge=8, le=8192)
-    seed: int = 42
+    """Where the texts and labels come from. The task type is inferred from the labels (one label column:
+    single-label; several 0/1 columns or one list-of-labels column: multi-label) unless `problem_type` says."""
+
+    dataset: str | None = Field(None, description="a Hub dataset id; then `train`/`validation`/`test` are split names")
+    dataset_config: str | None = Field(None, description="the Hub dataset's config name (e.g. `sst2` for `glue`)")
+    train: str = Field(description="training file (csv, tsv, jsonl, parquet) or split name")
+    validation: str = Field(description="validation file or split name (metrics, gate, ONNX checks)")
+    test: str | None = Field(None, description="optional test file or split; may be unlabelled")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
+        "auto", description="`auto` (from the extension: .csv, .tsv/.txt, .jsonl/.json, .parquet), `csv`, `tsv`, "
+                            "`jsonl`, `parquet`")
+    header: bool = Field(True, description="whether csv/tsv files have a header row")
+    column_names: list[str] | None = Field(None, description="column names for files without a header (required "
+                                                             "when `header: false`)")
+    text_column: str = Field("text", description="the column holding the text")
+    label_columns: list[str] = Field(default_factory=lambda: ["label"], min_length=1,
+                                     description="one column (single-label, or a list of labels per row) or several "
+                                                 "0/1 columns (multi-label); a single name is a one-element list")
+    label_names: list[str] | None = Field(None, description="label names in id order; default: the sorted values "
+                                                            "seen in train (integers numerically)")
+    label_names_file: str | None = Field(None, description="a file with one label name per line (e.g. GoEmotions "
+                                                           "`emotions.txt`)")
+    label_separator: str = Field(",", description="separator inside a one-column list of labels (`\"2,15\"`)")
+    problem_type: ProblemType = Field("auto", description="`auto` infers it from the labels, or "
+                                                          f"`{SINGLE}` / `{MULTI}`")
+    max_train_samples: int | None = Field(None, ge=1, description="use a seeded random sample of this many "
+                                                                  "training rows")
+    max_eval_samples: int | None = Field(None, ge=1, description="likewise for validation and test")
+    max_length: int = Field(128, ge=8, le=8192, description="truncation length in tokens; batches are padded "
+                                                            "dynamically to their longest row")
+    seed: int = Field(42, description="seed for the samples above and the tokenizer check's text sample")
+
+    _lists = field_validator("label_columns", "label_names", "column_names", mode="before")(_as_list)
 
     @model_validator(mode="after")
     def _names(self):
@@ -75,43 +109,70 @@ class DataConfig(_Section):
 
 
 class DistillationConfig(_Section):
-    loss: Literal["auto", "softmax_kl", "sigmoid_bce"] = "auto"
-    alpha: float = Field(0.5, ge=0.0, le=1.0)
-    temperature: float = Field(4.0, gt=0.0)
-    epochs: float = Field(3.0, gt=0)
-    learning_rate: float = Field(6e-5, gt=0)
-    batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(128, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup: float = Field(0.0, ge=0, description="Warmup as a ratio of training steps (<1) or a step count (>=1).")
-    teacher_logits: Literal["cached", "online"] = "cached"
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
-    seed: int = 42
-    group_by_length: bool = Field(True, description="Batch rows of similar length: less padding, faster epochs.")
-    dataloader_workers: int = Field(0, ge=0)
+    """The student's training: loss = alpha * hard-label loss + (1 - alpha) * T^2 * soft loss against the teacher."""
+
+    loss: Literal["auto", "softmax_kl", "sigmoid_bce"] = Field(
+        "auto", description="a registered loss: `softmax_kl` (single-label) or `sigmoid_bce` (multi-label); `auto` "
+                            "picks the task's")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the hard-label loss; `1 - alpha` weighs the "
+                                                          "teacher term")
+    temperature: float = Field(4.0, gt=0.0, description="softening temperature T; the teacher term is scaled by T²")
+    epochs: float = Field(3.0, gt=0, description="training epochs (may be fractional)")
+    learning_rate: float = Field(6e-5, gt=0, description="AdamW learning rate, linear decay")
+    batch_size: int = Field(32, ge=1, description="per-device batch size")
+    eval_batch_size: int = Field(128, ge=1, description="batch size for evaluation and teacher logits")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step (the loss is "
+                                                                  "scaled so that 4 x 8 updates like 32)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    warmup: float = Field(0.0, ge=0, description="warmup: a ratio of the training steps (< 1) or a number of steps")
+    teacher_logits: Literal["cached", "online"] = Field(
+        "cached", description="`cached`: the teacher runs once over the training set and its logits are an artifact; "
+                              "`online`: the teacher runs on every training batch (the blog's way)")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "auto", description="`auto` (bf16 on GPUs that support it, else fp16; none on CPU), `no`, `fp16`, `bf16`")
+    seed: int = Field(42, description="training seed")
+    group_by_length: bool = Field(True, description="batch rows of similar length together (less padding, faster "
+                                                    "epochs)")
+    dataloader_workers: int = Field(0, ge=0, description="DataLoader worker processes")
 
 
 class MetricsConfig(_Section):
-    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Multi-label decision threshold on sigmoid scores.")
+    """Metrics: single-label `accuracy`, `macro_f1`; multi-label `micro_f1`, `macro_f1`, `subset_accuracy`,
+    `roc_auc_<label>` per label (where the split has both classes) and `roc_auc_macro`."""
+
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="multi-label decision threshold on sigmoid scores "
+                                                              "(also stored in the ONNX metadata for `kdpipe predict`)")
 
 
 class GateConfig(_Section):
-    metric: str = Field("auto", description="Metric the gate compares: accuracy/macro_f1 (single), micro_f1/macro_f1/roc_auc_macro (multi).")
-    min_metric: float = Field(0.0, ge=0.0, le=1.0)
-    min_retention: float = Field(0.0, ge=0.0, description="Student metric / teacher metric.")
-    max_latency_ms: float | None = Field(None, gt=0, description="Student PyTorch latency, batch 1, at export.latency_seq_len.")
-    min_improvement_over_champion: float = Field(0.0, description="Challenger must beat the champion's metric by this much to take its alias.")
+    """What a student must show to be exported and registered."""
+
+    metric: str = Field("auto", description="the metric compared: `accuracy` (single-label) / `micro_f1` "
+                                            "(multi-label) by default, or any metric name under `metrics`; it also "
+                                            "judges the int8 model at export")
+    min_metric: float = Field(0.0, ge=0.0, le=1.0, description="the student's metric must be at least this")
+    min_retention: float = Field(0.0, ge=0.0, description="student metric / teacher metric must be at least this")
+    max_latency_ms: float | None = Field(None, gt=0, description="the student's PyTorch latency on CPU at batch 1, "
+                                                                 "`export.latency_seq_len` tokens, must be at most "
+                                                                 "this (measured by the distillation step)")
+    min_improvement_over_champion: float = Field(0.0, description="a passing student takes the `champion` alias only "
+                                                                  "if it beats the current champion's metric by this "
+                                                                  "much; otherwise it is registered as `challenger`")
 
 
 class ExportConfig(_Section):
-    opset: int = Field(18, ge=14)
-    quantize: bool = True
-    parity_tolerance: float = Field(1e-4, gt=0)
-    max_int8_metric_drop: float = Field(0.02, ge=0)
-    parity_samples: int = Field(256, ge=1)
-    latency_seq_len: int = Field(128, ge=1)
-    latency_runs: int = Field(20, ge=1)
+    """The ONNX export of a student that passed the gate, and its checks."""
+
+    opset: int = Field(18, ge=14, description="ONNX opset")
+    quantize: bool = Field(True, description="also write `model.int8.onnx` (dynamic int8 quantization)")
+    parity_tolerance: float = Field(1e-4, gt=0, description="maximum absolute logit difference between ONNX and "
+                                                            "PyTorch on validation rows; above it the export fails "
+                                                            "and nothing is kept")
+    max_int8_metric_drop: float = Field(0.02, ge=0, description="the int8 model is dropped if the gate's metric falls "
+                                                                "more than this below fp32")
+    parity_samples: int = Field(256, ge=1, description="validation rows used for the parity check")
+    latency_seq_len: int = Field(128, ge=1, description="sequence length for latency measurements")
+    latency_runs: int = Field(20, ge=1, description="timed runs per latency figure (median reported)")
 
 
 def _no_password_in(url: str, key: str, instead: str) -> str:
@@ -149,23 +210,49 @@ def _blog_space() -> dict:
 
 
 class HPOConfig(_Section):
-    enabled: bool = False
-    n_trials: int = Field(8, ge=1)
-    timeout: float | None = Field(None, gt=0, description="Seconds per worker; then no new trial starts.")
-    direction: Literal["maximize", "minimize"] = "maximize"
-    metric: str = Field("auto", description="Validation metric to optimize; auto = the gate's metric.")
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    seed: int = 42
+    """Optuna search over `distillation.*` settings, as the pipeline's HPO stage: `hpo.workers` worker tasks
+    (a ParallelFor) share one study, then `hpo-best` hands the best trial's params to the final distillation.
+    Trials reuse the tokenized data and the cached teacher logits: no teacher forward, no re-tokenization.
+    A trial whose training loss becomes NaN/inf or that runs out of memory is recorded as pruned, with the reason
+    in its `stopped` attribute; the study goes on. Setting `hpo.*` with `--set` while `hpo.enabled` is false is
+    refused (it would have no effect)."""
+
+    enabled: bool = Field(False, description="run the search before the final distillation")
+    n_trials: int = Field(8, ge=1, description="finished trials (complete, pruned, or failed with an error) the "
+                                               "study should hold; a resumed study runs only the missing ones")
+    timeout: float | None = Field(None, gt=0, description="seconds per worker after which no new trial starts")
+    direction: Literal["maximize", "minimize"] = Field("maximize", description="`maximize` or `minimize` the metric")
+    metric: str = Field("auto", description="validation metric to optimize; `auto` = the gate's metric")
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="`median`, `hyperband` or `none`; trials report the metric after every epoch")
+    seed: int = Field(42, description="TPE sampler seed (worker *k* uses seed + *k*, so workers do not draw the "
+                                      "same trials)")
     storage: str = Field("journal:optuna-journal.log",
-                         description="journal:<file> (embedded), sqlite:///<file>, or postgresql://... (cluster)")
-    study_name: str = Field("auto", description="auto: named after the config and the training data, so a "
-                                                "re-run resumes its own study and new data starts a new one.")
-    workers: int = Field(1, ge=1, description="Parallel worker tasks sharing the study (pipeline).")
-    heartbeat_seconds: int = Field(30, ge=1, description="RDB storages: a trial silent for 3x this long is "
-                                                         "failed and its params re-queued.")
-    reuse_best_model: bool = Field(False, description="Ship the best trial's model instead of training again "
-                                                      "with its params (same data, same teacher).")
-    space: dict[str, SearchParam] = Field(default_factory=_blog_space)
+                         description="`journal:<file>` (embedded default; safe for several local processes), "
+                                     "`sqlite:///<file>`, `postgresql://host/db` (cluster; no password here), or "
+                                     "`env:<VAR>` to read the URL from an environment variable (a Kubernetes Secret)")
+    study_name: str = Field("auto", description="`auto` names the study after the config and the training data's "
+                                                "fingerprint: re-running the same search resumes it (completed "
+                                                "trials are kept), new data starts a new study. Any other name is "
+                                                "used as is")
+    workers: int = Field(1, ge=1, description="parallel worker tasks sharing the study (`kdpipe run` passes the "
+                                              "pipeline parameter `hpo_workers: [0..workers-1]`)")
+    heartbeat_seconds: int = Field(30, ge=1, description="RDB storages (SQLite, PostgreSQL): each running trial "
+                                                         "beats this often; one silent for 3x as long (its worker "
+                                                         "died) is failed and its params re-queued, so the study "
+                                                         "still ends with `n_trials`. On the journal file a live "
+                                                         "worker on the same machine sees a dead worker's process "
+                                                         "gone instead")
+    reuse_best_model: bool = Field(False, description="ship the best trial's model instead of training again with "
+                                                      "its params: each trial then logs its model to its MLflow "
+                                                      "trial run, and `hpo-best` hands the best one on when it ran "
+                                                      "in this pipeline run (same data, same teacher); otherwise "
+                                                      "the student is trained again and the log says why")
+    space: dict[str, SearchParam] = Field(default_factory=_blog_space,
+                                          description="searched `distillation.*` settings, each `{type: float|int, "
+                                                      "low, high, log}` or `{type: categorical, choices}`; default: "
+                                                      "the blog's epochs 2-10, learning rate 1e-5..1e-3 (log), alpha "
+                                                      "0-1, temperature 2-30")
 
     @field_validator("space")
     @classmethod
@@ -183,9 +270,16 @@ class HPOConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    uri: str = "sqlite:///mlflow.db"
-    experiment: str = "kdpipe"
-    registered_model: str = "kdpipe-student"
+    """MLflow: one parent run per pipeline run, a child run per step, the Model Registry."""
+
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; a relative SQLite path is taken from "
+                                                        "the current directory. Credentials never go here: set "
+                                                        "`MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD` (or "
+                                                        "`MLFLOW_TRACKING_TOKEN`) in the environment, from a "
+                                                        "Kubernetes Secret on a cluster. A URI with a password is "
+                                                        "rejected")
+    experiment: str = Field("kdpipe", description="MLflow experiment")
+    registered_model: str = Field("kdpipe-student", description="registered model name in the MLflow Model Registry")
 
     @field_validator("uri")
     @classmethod
@@ -204,8 +298,10 @@ class Config(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     hpo: HPOConfig = Field(default_factory=HPOConfig)
-    trust_remote_code: bool = False
-    output_dir: str = "kdpipe-runs"
+    trust_remote_code: bool = Field(False, description="allow models/tokenizers that run their own code from the "
+                                                       "Hub. Off unless you set it")
+    output_dir: str = Field("kdpipe-runs", description="where `kdpipe run` puts the KFP pipeline root and "
+                                                       "`summary.json`")
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -258,31 +354,44 @@ def resolve_model_ref(ref: str, base: Path | None = None) -> str:
     return ref
 
 
-def _resolve_paths(cfg: Config, base: Path) -> None:
+def _resolve_paths(cfg: Config, base: Path, overridden: set[str]) -> None:
+    """Relative paths: from the config file's folder, or from the current directory for a `--set` value."""
+    def origin(key: str) -> Path:
+        return Path.cwd() if key in overridden else base
+
     if cfg.hpo.storage.startswith("journal:"):
         cfg.hpo.storage = "journal:" + str((Path.cwd() / cfg.hpo.storage.removeprefix("journal:")).resolve())
     uri = cfg.tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # Every step (a separate process, maybe elsewhere) must reach the same file.
         cfg.tracking.uri = "sqlite:///" + str((Path.cwd() / uri.removeprefix("sqlite:///")).resolve())
-    cfg.teacher.model = resolve_model_ref(cfg.teacher.model, base)
+    cfg.teacher.model = resolve_model_ref(cfg.teacher.model, origin("teacher.model"))
     if cfg.student.model:
-        cfg.student.model = resolve_model_ref(cfg.student.model, base)
+        cfg.student.model = resolve_model_ref(cfg.student.model, origin("student.model"))
     d = cfg.data
     if d.dataset is None:
         for field in ("train", "validation", "test"):
             value = getattr(d, field)
             if value is None:
                 continue
-            path = (base / value) if not Path(value).is_absolute() else Path(value)
+            path = origin(f"data.{field}") / value
             if not path.is_file():
                 raise ConfigError(f"data.{field}: file not found: {path}")
             setattr(d, field, str(path.resolve()))
     if d.label_names_file:
-        path = base / d.label_names_file
+        path = origin("data.label_names_file") / d.label_names_file
         if not path.is_file():
             raise ConfigError(f"data.label_names_file: file not found: {path}")
         d.label_names_file = str(path.resolve())
+
+
+def _refuse_inert_overrides(raw: dict, overrides: list[str]) -> None:
+    """An hpo.* override without hpo.enabled would be silently ignored: say so instead."""
+    inert = [o.partition("=")[0].strip() for o in overrides
+             if o.strip().startswith("hpo.") and not o.strip().startswith("hpo.enabled")]
+    if inert and not (raw.get("hpo") or {}).get("enabled"):
+        raise ConfigError(f"--set {', '.join(inert)}: no effect while hpo.enabled is false; "
+                          f"add --set hpo.enabled=true to run the search")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> Config:
@@ -298,11 +407,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections (teacher:, student:, data:, ...)")
     raw = apply_overrides(json.loads(json.dumps(raw)), overrides or [])
+    _refuse_inert_overrides(raw, overrides or [])
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
-    _resolve_paths(cfg, Path(path).resolve().parent if path else Path.cwd())
+    overridden = {o.partition("=")[0].strip() for o in overrides or []}
+    _resolve_paths(cfg, Path(path).resolve().parent if path else Path.cwd(), overridden)
     return cfg
 
 

@@ -1,43 +1,39 @@
-"""Load, validate and tokenize the data once; infer the label schema; fingerprint the result."""
+"""Load, validate and tokenize the data once; infer the label schema; fingerprint the result.
+
+Files are read through 🤗 datasets (csv/tsv/json lines/parquet builders, or a Hub dataset), so every error
+names the file, column and row it is about."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from kdpipe.config import Config, DataConfig
 from kdpipe.errors import DataError
+from kdpipe.task import MULTI, SINGLE, LabelSchema
 
-SINGLE = "single_label_classification"
-MULTI = "multi_label_classification"
 SPLITS = ("train", "validation", "test")
 
 
 @dataclass
-class LabelSchema:
-    problem_type: str
-    label_names: list[str]
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_names)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
 class RawSplit:
-    """One split as read: the frame plus where it came from, for error messages."""
+    """One split as read: a datasets.Dataset plus where it came from, for error messages."""
 
     name: str
     source: str
-    frame: pd.DataFrame
+    rows: object  # datasets.Dataset
+
+    def column(self, name: str) -> list:
+        return self.rows[name]
+
+    @property
+    def columns(self) -> list[str]:
+        return self.rows.column_names
 
 
 # ---------------------------------------------------------------- reading
@@ -52,65 +48,86 @@ def _file_format(path: str, fmt: str) -> str:
     return known[suffix]
 
 
-def read_table(path: str, cfg: DataConfig) -> pd.DataFrame:
+def _root_cause(e: BaseException) -> BaseException:
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def _builder_args(path: str, fmt: str, cfg: DataConfig) -> tuple[str, dict]:
+    if fmt in ("jsonl", "parquet"):
+        return ("json" if fmt == "jsonl" else "parquet"), {}
+    import datasets
+
+    sep = "," if fmt == "csv" else "\t"
+    if cfg.header:
+        with open(path, newline="", encoding="utf-8") as f:
+            names = next(csv.reader(f, delimiter=sep), [])
+    else:
+        names = list(cfg.column_names)
+    # Every column as text (labels are parsed later, with their row): pandas would otherwise guess per chunk.
+    # keep_default_na=False: a literal "NA"/"null" review is text, not missing.
+    return "csv", {"sep": sep, "header": 0 if cfg.header else None, "column_names": None if cfg.header else names,
+                   "keep_default_na": False, "na_values": [""],
+                   "features": datasets.Features({n: datasets.Value("string") for n in names})}
+
+
+def read_table(path: str, cfg: DataConfig):
+    """One local data file as a datasets.Dataset."""
+    import datasets
+
     fmt = _file_format(path, cfg.format)
-    header = 0 if cfg.header else None
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found")
     try:
-        if fmt in ("csv", "tsv"):
-            # keep_default_na=False: a literal "NA"/"null" review is text, not missing.
-            frame = pd.read_csv(path, sep="," if fmt == "csv" else "\t", header=header, names=cfg.column_names,
-                                dtype=str, keep_default_na=False, na_values=[""])
-        elif fmt == "jsonl":
-            frame = pd.read_json(path, lines=True, dtype=False)
-        else:
-            frame = pd.read_parquet(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (pd.errors.ParserError, ValueError, UnicodeDecodeError, OSError) as e:
-        raise DataError(f"{path}: cannot read it as {fmt} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+        builder, kwargs = _builder_args(path, fmt, cfg)
+        rows = datasets.load_dataset(builder, data_files=path, split="train", **kwargs)
+    except Exception as e:  # datasets wraps pandas/arrow/decoding errors; the root says what is wrong
+        cause = _root_cause(e)
+        if "corresponds to no data" in str(cause):  # a header and no rows: the split check names it
+            return datasets.Dataset.from_dict({n: [] for n in kwargs.get("features") or {}})
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise DataError(f"{path}: cannot read it as {fmt} ({type(cause).__name__}: {first}); "
                         f"check data.format / data.header / data.column_names") from None
     if cfg.column_names and not cfg.header and fmt in ("jsonl", "parquet"):
-        frame.columns = cfg.column_names[: len(frame.columns)]
-    return frame
+        rows = rows.rename_columns(dict(zip(rows.column_names, cfg.column_names)))
+    return rows
 
 
-def _read_hub_split(cfg: DataConfig, split: str) -> tuple[pd.DataFrame, dict]:
+def _read_hub_split(cfg: DataConfig, split: str):
     import datasets
 
     try:
-        ds = datasets.load_dataset(cfg.dataset, cfg.dataset_config, split=split)
+        return datasets.load_dataset(cfg.dataset, cfg.dataset_config, split=split)
     except Exception as e:  # the Hub raises many types; all mean "cannot load this split"
         raise DataError(f"dataset {cfg.dataset!r} (config {cfg.dataset_config!r}) split {split!r}: cannot load it "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check data.dataset, "
                         f"data.dataset_config and the split names, and that the Hub is reachable") from None
-    names = {}
-    for col, feature in ds.features.items():
-        if hasattr(feature, "names"):
-            names[col] = list(feature.names)
-        elif hasattr(getattr(feature, "feature", None), "names"):
-            names[col] = list(feature.feature.names)
-    return ds.to_pandas(), names
 
 
-def read_train(cfg: DataConfig) -> pd.DataFrame:
-    return _read_hub_split(cfg, cfg.train)[0] if cfg.dataset else read_table(cfg.train, cfg)
+def _declared_names(rows, column: str) -> list[str] | None:
+    """Label names a dataset declares: a ClassLabel, or a Sequence of ClassLabel (multi-label)."""
+    feature = rows.features.get(column)
+    inner = getattr(feature, "feature", None)
+    for f in (feature, inner):
+        if hasattr(f, "names"):
+            return list(f.names)
+    return None
+
+
+def read_split(cfg: DataConfig, name: str) -> RawSplit:
+    where = getattr(cfg, name)
+    if cfg.dataset:
+        return RawSplit(name, f"{cfg.dataset}[{where}]", _read_hub_split(cfg, where))
+    return RawSplit(name, where, read_table(where, cfg))
 
 
 def read_splits(cfg: DataConfig) -> tuple[dict[str, RawSplit], list[str] | None]:
     """Read every configured split; returns the splits and any label names the source declares."""
-    splits, declared = {}, None
-    for name in SPLITS:
-        where = getattr(cfg, name)
-        if where is None:
-            continue
-        if cfg.dataset:
-            frame, names = _read_hub_split(cfg, where)
-            source = f"{cfg.dataset}[{where}]"
-            if len(cfg.label_columns) == 1 and cfg.label_columns[0] in names:
-                declared = names[cfg.label_columns[0]]
-        else:
-            frame, source = read_table(where, cfg), where
-        splits[name] = RawSplit(name, source, frame)
+    splits = {name: read_split(cfg, name) for name in SPLITS if getattr(cfg, name) is not None}
+    declared = None
+    if len(cfg.label_columns) == 1 and cfg.label_columns[0] in splits["train"].columns:
+        declared = _declared_names(splits["train"].rows, cfg.label_columns[0])
     return splits, declared
 
 
@@ -128,36 +145,36 @@ def declared_label_names(cfg: DataConfig) -> list[str] | None:
 # ---------------------------------------------------------------- validation
 
 def _row_hint(split: RawSplit, i: int, cfg: DataConfig) -> str:
-    text = split.frame[cfg.text_column].iloc[i] if cfg.text_column in split.frame else None
+    text = split.rows[i][cfg.text_column] if cfg.text_column in split.columns else None
     shown = repr(text)[:80] if isinstance(text, str) else repr(text)
     return f"row {i + 1} (data rows counted from 1), text={shown}"
 
 
 def check_columns(split: RawSplit, cfg: DataConfig, need_labels: bool = True) -> None:
-    if split.frame.empty:
+    if len(split.rows) == 0:
         raise DataError(f"{split.source}: the {split.name} split is empty (no data rows)")
     need = [cfg.text_column] + (cfg.label_columns if need_labels else [])
-    missing = [c for c in need if c not in split.frame.columns]
+    missing = [c for c in need if c not in split.columns]
     if missing:
-        raise DataError(f"{split.source}: column(s) {missing} not found; the file has columns {list(split.frame.columns)}. "
+        raise DataError(f"{split.source}: column(s) {missing} not found; the file has columns {split.columns}. "
                         f"Set data.text_column / data.label_columns (or data.column_names for a file without a header).")
 
 
 def check_texts(split: RawSplit, cfg: DataConfig) -> list[str]:
-    texts = split.frame[cfg.text_column]
+    texts = split.column(cfg.text_column)
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise DataError(f"{split.source}: column {cfg.text_column!r}, {_row_hint(split, i, cfg)}: empty or missing text. "
                             f"Remove the row or fill in the text.")
-    return texts.tolist()
+    return list(texts)
 
 
-def _is_listlike(v) -> bool:
-    return isinstance(v, (list, tuple, np.ndarray))
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
 
 
 def _split_items(v, sep: str) -> list:
-    if _is_listlike(v):
+    if isinstance(v, (list, tuple, np.ndarray)):
         return list(v)
     if isinstance(v, str):
         return [p.strip() for p in v.split(sep) if p.strip()]
@@ -169,8 +186,8 @@ def infer_problem_type(train: RawSplit, cfg: DataConfig) -> str:
         return cfg.problem_type
     if len(cfg.label_columns) > 1:
         return MULTI
-    values = train.frame[cfg.label_columns[0]]
-    if any(_is_listlike(v) or (isinstance(v, str) and cfg.label_separator in v) for v in values):
+    values = train.column(cfg.label_columns[0])
+    if any(isinstance(v, (list, tuple)) or (isinstance(v, str) and cfg.label_separator in v) for v in values):
         return MULTI
     return SINGLE
 
@@ -198,6 +215,10 @@ def _name_lookup(names: list[str]):
     return lookup
 
 
+def _items(v, cfg: DataConfig, problem_type: str) -> list:
+    return _split_items(v, cfg.label_separator) if problem_type == MULTI else [v]
+
+
 def build_schema(train: RawSplit, cfg: DataConfig, declared: list[str] | None) -> LabelSchema:
     problem_type = infer_problem_type(train, cfg)
     names = declared_label_names(cfg) or declared
@@ -207,9 +228,8 @@ def build_schema(train: RawSplit, cfg: DataConfig, declared: list[str] | None) -
         return LabelSchema(MULTI, names or list(cfg.label_columns))
     if names:
         return LabelSchema(problem_type, names)
-    col = train.frame[cfg.label_columns[0]]
-    values = {_canonical(x) for v in col for x in (_split_items(v, cfg.label_separator) if problem_type == MULTI else [v])
-              if not (isinstance(x, float) and np.isnan(x))}
+    values = {_canonical(x) for v in train.column(cfg.label_columns[0]) for x in _items(v, cfg, problem_type)
+              if not _missing(x)}
     # Integer labels sort numerically; they become names ("0", "1", or "1".."5" for ratings).
     ordered = sorted(values, key=lambda v: (not isinstance(v, int), v if isinstance(v, int) else str(v)))
     return LabelSchema(problem_type, [str(v) for v in ordered])
@@ -217,11 +237,11 @@ def build_schema(train: RawSplit, cfg: DataConfig, declared: list[str] | None) -
 
 def encode_labels(split: RawSplit, cfg: DataConfig, schema: LabelSchema) -> np.ndarray:
     """Integer class ids (single-label) or a float 0/1 matrix (multi-label); every bad value is reported with its row."""
-    frame = split.frame
-    if schema.problem_type == MULTI and len(cfg.label_columns) > 1:
-        out = np.zeros((len(frame), len(cfg.label_columns)), dtype=np.float32)
+    n = len(split.rows)
+    if schema.multi_label and len(cfg.label_columns) > 1:
+        out = np.zeros((n, len(cfg.label_columns)), dtype=np.float32)
         for j, col in enumerate(cfg.label_columns):
-            for i, v in enumerate(frame[col]):
+            for i, v in enumerate(split.column(col)):
                 v = _canonical(v)
                 if v not in (0, 1):
                     raise DataError(f"{split.source}: column {col!r}, {_row_hint(split, i, cfg)}: label value {v!r} "
@@ -230,13 +250,10 @@ def encode_labels(split: RawSplit, cfg: DataConfig, schema: LabelSchema) -> np.n
         return out
     col = cfg.label_columns[0]
     lookup = _name_lookup(schema.label_names)
-    if schema.problem_type == MULTI:
-        out = np.zeros((len(frame), schema.num_labels), dtype=np.float32)
-    else:
-        out = np.zeros(len(frame), dtype=np.int64)
-    for i, v in enumerate(frame[col]):
-        items = _split_items(v, cfg.label_separator) if schema.problem_type == MULTI else [v]
-        if not items or any(x is None or (isinstance(x, float) and np.isnan(x)) for x in items):
+    out = np.zeros((n, schema.num_labels), dtype=np.float32) if schema.multi_label else np.zeros(n, dtype=np.int64)
+    for i, v in enumerate(split.column(col)):
+        items = _items(v, cfg, schema.problem_type)
+        if not items or any(_missing(x) for x in items):
             raise DataError(f"{split.source}: column {col!r}, {_row_hint(split, i, cfg)}: missing label")
         for x in items:
             k = lookup(x)
@@ -244,7 +261,7 @@ def encode_labels(split: RawSplit, cfg: DataConfig, schema: LabelSchema) -> np.n
                 raise DataError(f"{split.source}: column {col!r}, {_row_hint(split, i, cfg)}: label {x!r} is outside "
                                 f"the label set {schema.label_names[:10]}{'...' if schema.num_labels > 10 else ''}. "
                                 f"Fix the row or set data.label_names.")
-            if schema.problem_type == MULTI:
+            if schema.multi_label:
                 out[i, k] = 1.0
             else:
                 out[i] = k
@@ -252,7 +269,7 @@ def encode_labels(split: RawSplit, cfg: DataConfig, schema: LabelSchema) -> np.n
 
 
 def check_label_coverage(train: RawSplit, labels: np.ndarray, schema: LabelSchema) -> None:
-    counts = labels.sum(axis=0) if schema.problem_type == MULTI else np.bincount(labels, minlength=schema.num_labels)
+    counts = labels.sum(axis=0) if schema.multi_label else np.bincount(labels, minlength=schema.num_labels)
     empty = [schema.label_names[k] for k in range(schema.num_labels) if counts[k] == 0]
     if empty:
         raise DataError(f"{train.source}: label(s) {empty} have no examples in the train split: the student cannot "
@@ -263,35 +280,42 @@ def check_label_coverage(train: RawSplit, labels: np.ndarray, schema: LabelSchem
 # ---------------------------------------------------------------- tokenization and artifacts
 
 def _subsample(split: RawSplit, limit: int | None, seed: int) -> RawSplit:
-    if limit is None or len(split.frame) <= limit:
+    n = len(split.rows)
+    if limit is None or n <= limit:
         return split
-    frame = split.frame.sample(n=limit, random_state=seed).sort_index().reset_index(drop=True)
-    return RawSplit(split.name, split.source, frame)
+    keep = np.sort(np.random.RandomState(seed).choice(n, size=limit, replace=False))  # as pandas' sample(random_state=)
+    return RawSplit(split.name, split.source, split.rows.select(keep.tolist()))
 
 
-def load_and_validate(cfg: DataConfig) -> tuple[dict[str, tuple[list[str], np.ndarray | None]], LabelSchema]:
-    """All splits as (texts, labels), validated. A test split without the label columns keeps labels=None."""
-    raw, declared = read_splits(cfg)
-    raw["train"] = _subsample(raw["train"], cfg.max_train_samples, cfg.seed)
-    for name in ("validation", "test"):
-        if name in raw:
-            raw[name] = _subsample(raw[name], cfg.max_eval_samples, cfg.seed)
+def check_splits(raw: dict[str, RawSplit], cfg: DataConfig, declared: list[str] | None
+                 ) -> tuple[dict[str, tuple[list[str], np.ndarray | None]], LabelSchema]:
+    """Validated (texts, labels) per split and the label schema; a test split without labels keeps None."""
     for split in raw.values():
-        labelled = split.name != "test" or all(c in split.frame.columns for c in cfg.label_columns)
+        labelled = split.name != "test" or all(c in split.columns for c in cfg.label_columns)
         check_columns(split, cfg, need_labels=labelled)
     schema = build_schema(raw["train"], cfg, declared)
-    if schema.num_labels < 2 and schema.problem_type == SINGLE:
+    if schema.num_labels < 2 and not schema.multi_label:
         raise DataError(f"{raw['train'].source}: column {cfg.label_columns[0]!r} has a single class {schema.label_names}; "
                         f"classification needs at least two")
     out = {}
     for name, split in raw.items():
         texts = check_texts(split, cfg)
-        labelled = all(c in split.frame.columns for c in cfg.label_columns)
+        labelled = all(c in split.columns for c in cfg.label_columns)
         labels = encode_labels(split, cfg, schema) if labelled else None
         if name == "train":
             check_label_coverage(split, labels, schema)
         out[name] = (texts, labels)
     return out, schema
+
+
+def load_and_validate(cfg: DataConfig) -> tuple[dict[str, tuple[list[str], np.ndarray | None]], LabelSchema]:
+    """All splits as (texts, labels), validated."""
+    raw, declared = read_splits(cfg)
+    raw["train"] = _subsample(raw["train"], cfg.max_train_samples, cfg.seed)
+    for name in ("validation", "test"):
+        if name in raw:
+            raw[name] = _subsample(raw[name], cfg.max_eval_samples, cfg.seed)
+    return check_splits(raw, cfg, declared)
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, list]:
@@ -325,9 +349,12 @@ def preprocess(cfg: Config, out_dir: str | Path, tokenizer=None) -> dict:
         columns = tokenize(tokenizer, texts, cfg.data.max_length)
         fingerprints[name] = fingerprint(columns, labels)
         sizes[name] = len(texts)
+        features = {k: datasets.Sequence(datasets.Value("int32")) for k in columns}
         if labels is not None:
             columns["labels"] = labels.tolist()
-        dd[name] = datasets.Dataset.from_dict(columns)
+            features["labels"] = (datasets.Sequence(datasets.Value("float32")) if schema.multi_label
+                                  else datasets.ClassLabel(names=schema.label_names))
+        dd[name] = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
     datasets.DatasetDict(dd).save_to_disk(str(out_dir / "dataset"))
     tokenizer.save_pretrained(str(out_dir / "tokenizer"))
     lengths = [len(x) for x in dd["train"]["input_ids"]]

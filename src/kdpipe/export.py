@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from kdpipe.config import Config
-from kdpipe.data import MULTI, load_prepared
 from kdpipe.errors import ExportError
 from kdpipe.metrics import compute_metrics, measure_latency
-from kdpipe.modeling import batched_logits, load_classifier, load_tokenizer, predict_logits
+from kdpipe.modeling import batched_logits
+from kdpipe.task import LabelSchema
 
 FP32, INT8 = "model.onnx", "model.int8.onnx"
 
 
-def _wrapped(model, problem_type: str, input_names: list[str]):
+def _wrapped(model, schema: LabelSchema, input_names: list[str]):
     """The exported graph returns logits and probabilities in the task's form (softmax or sigmoid)."""
     import torch
 
@@ -29,20 +29,19 @@ def _wrapped(model, problem_type: str, input_names: list[str]):
         def forward(self, input_ids, attention_mask, token_type_ids=None):
             given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
             logits = self.model(**{k: given[k] for k in input_names}).logits
-            probs = torch.sigmoid(logits) if problem_type == MULTI else torch.softmax(logits, dim=-1)
-            return logits, probs
+            return logits, schema.torch_scores(logits)
 
     return WithProbabilities().eval()
 
 
-def to_onnx(model, input_names: list[str], path: Path, problem_type: str, metadata: dict, opset: int = 18) -> None:
+def to_onnx(model, input_names: list[str], path: Path, schema: LabelSchema, metadata: dict, opset: int = 18) -> None:
     import onnx
     import torch
 
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=2, max=8192)
     example = tuple(torch.ones((2, 16), dtype=torch.long) for _ in input_names)
     model = model.float().cpu().eval()
-    torch.onnx.export(_wrapped(model, problem_type, input_names), example, str(path), dynamo=True,
+    torch.onnx.export(_wrapped(model, schema, input_names), example, str(path), dynamo=True,
                       input_names=input_names, output_names=["logits", "probabilities"], opset_version=opset,
                       dynamic_shapes={k: {0: batch, 1: seq} for k in input_names}, external_data=False)
     proto = onnx.load(str(path))
@@ -80,61 +79,79 @@ def onnx_latency_ms(sess, batch_size: int, seq_len: int, runs: int) -> float:
     return measure_latency(lambda: sess.run(None, feed), runs=runs)
 
 
-def export_onnx(cfg: Config, student_dir: str | Path, data_dir: str | Path, out_dir: str | Path) -> dict:
-    """Pipeline step. On any failed check the output folder is removed: nothing half-verified is left behind."""
-    e = cfg.export
+def export_onnx(cfg: Config, student_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
+                metric: str | None = None) -> dict:
+    """The student artifact (distill-student's) exported, verified and timed. `metric` (the gate's; default the
+    task's primary metric) judges the int8 model. On any failed check the output folder is removed: nothing
+    half-verified is left behind."""
+    from kdpipe.data import load_prepared
+
     prep = load_prepared(data_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _export(cfg, e, prep, Path(student_dir), out_dir)
+        return _export(cfg, prep, Path(student_dir), out_dir, metric or prep.schema.primary_metric(cfg.gate.metric))
     except Exception:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
 
 
-def _export(cfg, e, prep, student_dir: Path, out_dir: Path) -> dict:
-    tokenizer = load_tokenizer(str(student_dir))
-    model = load_classifier(str(student_dir), trust_remote_code=cfg.trust_remote_code, what="student")
+def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
+    from kdpipe.distill import MODEL_DIR, load_validation_logits
+    from kdpipe.modeling import load_classifier, load_tokenizer
+
+    e, schema = cfg.export, prep.schema
+    tokenizer = load_tokenizer(str(student_dir / MODEL_DIR))
+    model = load_classifier(str(student_dir / MODEL_DIR), trust_remote_code=cfg.trust_remote_code, what="student")
     val = prep.dataset["validation"]
     labels = np.asarray(val["labels"])
+    torch_logits = load_validation_logits(student_dir, prep)  # the student's own fp32 logits, from distillation
     input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in val.column_names]
-    metadata = {"label_names": prep.schema.label_names, "problem_type": prep.schema.problem_type,
+    metadata = {"label_names": schema.label_names, "problem_type": schema.problem_type,
                 "threshold": str(cfg.metrics.threshold), "input_names": input_names,
                 "max_length": str(cfg.data.max_length), "producer": "kdpipe"}
-    to_onnx(model, input_names, out_dir / FP32, prep.schema.problem_type, metadata, e.opset)
+    to_onnx(model, input_names, out_dir / FP32, schema, metadata, e.opset)
     tokenizer.save_pretrained(str(out_dir))
 
-    sample = val.select(range(min(e.parity_samples, len(val))))
+    def judged(sess):
+        return compute_metrics(onnx_logits(sess, val, tokenizer), labels, schema, cfg.metrics.threshold)
+
+    rows = min(e.parity_samples, len(val))
     fp32 = session(out_dir / FP32)
-    torch_sample = predict_logits(model, sample, tokenizer, 32)
-    parity = float(np.abs(onnx_logits(fp32, sample, tokenizer, 32) - torch_sample).max())
+    parity = float(np.abs(onnx_logits(fp32, val.select(range(rows)), tokenizer, 32) - torch_logits[:rows]).max())
     if parity > e.parity_tolerance:
-        raise ExportError(f"ONNX and PyTorch logits differ by {parity:.2e} on {len(sample)} validation rows "
+        raise ExportError(f"ONNX and PyTorch logits differ by {parity:.2e} on {rows} validation rows "
                           f"(export.parity_tolerance {e.parity_tolerance}); the exported model is not trusted")
-    torch_metrics = compute_metrics(predict_logits(model, val, tokenizer), labels, prep.schema, cfg.metrics.threshold)
-    fp32_metrics = compute_metrics(onnx_logits(fp32, val, tokenizer), labels, prep.schema, cfg.metrics.threshold)
-    result = {"path": str(out_dir / FP32), "max_abs_logit_diff": parity, "parity_rows": len(sample),
-              "metrics_torch": torch_metrics, "metrics_fp32": fp32_metrics,
+    fp32_metrics = judged(fp32)
+    result = {"path": str(out_dir / FP32), "max_abs_logit_diff": parity, "parity_rows": rows,
+              "metrics_torch": compute_metrics(torch_logits, labels, schema, cfg.metrics.threshold),
+              "metrics_fp32": fp32_metrics,
               "latency_ms": {"fp32_b1": onnx_latency_ms(fp32, 1, e.latency_seq_len, e.latency_runs),
                              "fp32_b32": onnx_latency_ms(fp32, 32, e.latency_seq_len, max(3, e.latency_runs // 4))},
               "size_mb": {"fp32": (out_dir / FP32).stat().st_size / 2**20}}
     if e.quantize:
-        quantize_int8(out_dir / FP32, out_dir / INT8)
-        int8 = session(out_dir / INT8)
-        int8_metrics = compute_metrics(onnx_logits(int8, val, tokenizer), labels, prep.schema, cfg.metrics.threshold)
-        metric = next(iter(fp32_metrics)) if prep.schema.problem_type != MULTI else "micro_f1"
-        drop = fp32_metrics[metric] - int8_metrics[metric]
-        result.update({"int8_path": str(out_dir / INT8), "metrics_int8": int8_metrics, "int8_metric_drop": drop})
-        result["latency_ms"].update({"int8_b1": onnx_latency_ms(int8, 1, e.latency_seq_len, e.latency_runs),
-                                     "int8_b32": onnx_latency_ms(int8, 32, e.latency_seq_len,
-                                                                 max(3, e.latency_runs // 4))})
-        result["size_mb"]["int8"] = (out_dir / INT8).stat().st_size / 2**20
-        if drop > e.max_int8_metric_drop:
-            (out_dir / INT8).unlink()
-            result.update({"int8_path": None, "int8_rejected": f"int8 {metric} drop {drop:.4f} > "
-                                                               f"export.max_int8_metric_drop {e.max_int8_metric_drop}"})
-    (out_dir / "export.json").write_text(json.dumps(result, indent=2))
+        int8 = _int8(out_dir, judged, fp32_metrics, metric, e)
+        result["latency_ms"].update(int8.pop("latency_ms"))
+        result["size_mb"]["int8"] = int8.pop("size_mb")
+        result.update(int8)
+    return result
+
+
+def _int8(out_dir: Path, judged, fp32_metrics: dict, metric: str, e) -> dict:
+    """The int8 model, kept only when its `metric` (the gate's) drops by at most export.max_int8_metric_drop."""
+    quantize_int8(out_dir / FP32, out_dir / INT8)
+    int8 = session(out_dir / INT8)
+    int8_metrics = judged(int8)
+    drop = fp32_metrics[metric] - int8_metrics[metric]
+    result = {"int8_path": str(out_dir / INT8), "metrics_int8": int8_metrics, "int8_metric": metric,
+              "int8_metric_drop": drop,
+              "latency_ms": {"int8_b1": onnx_latency_ms(int8, 1, e.latency_seq_len, e.latency_runs),
+                                  "int8_b32": onnx_latency_ms(int8, 32, e.latency_seq_len, max(3, e.latency_runs // 4))},
+              "size_mb": (out_dir / INT8).stat().st_size / 2**20}
+    if drop > e.max_int8_metric_drop:
+        (out_dir / INT8).unlink()
+        result.update({"int8_path": None, "int8_rejected": f"int8 {metric} drop {drop:.4f} > "
+                                                           f"export.max_int8_metric_drop {e.max_int8_metric_drop}"})
     return result
 
 
@@ -150,8 +167,8 @@ class OnnxClassifier:
             raise ExportError(f"{path}: no ONNX model there; give the folder written by the export step")
         self.session = session(path)
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.labels = json.loads(meta["label_names"])
-        self.problem_type = meta["problem_type"]
+        self.schema = LabelSchema(meta["problem_type"], json.loads(meta["label_names"]))
+        self.labels, self.problem_type = self.schema.label_names, self.schema.problem_type
         self.threshold = float(meta.get("threshold", 0.5))
         self.max_length = int(meta.get("max_length", 512))
         self.tokenizer = AutoTokenizer.from_pretrained(str(path.parent))
@@ -160,12 +177,5 @@ class OnnxClassifier:
     def predict(self, texts: list[str]) -> list[dict]:
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="np")
         probs = self.session.run(["probabilities"], {k: enc[k].astype(np.int64) for k in self.inputs})[0]
-        out = []
-        for text, p in zip(texts, probs):
-            scores = {name: float(s) for name, s in zip(self.labels, p)}
-            if self.problem_type == MULTI:
-                predicted = [n for n, s in scores.items() if s >= self.threshold]
-            else:
-                predicted = [max(scores, key=scores.get)]
-            out.append({"text": text, "labels": predicted, "scores": scores})
-        return out
+        return [{"text": text, "labels": names, "scores": {n: float(s) for n, s in zip(self.labels, p)}}
+                for text, p, names in zip(texts, probs, self.schema.predicted_names(probs, self.threshold))]

@@ -152,10 +152,8 @@ def run_trials(cfg: Config, data_dir, teacher_dir: str, logits_dir, work_dir, n_
     from kdpipe.data import load_prepared
     from kdpipe.distill import distill_student
     from kdpipe.errors import TrainingDiverged
-    from kdpipe.metrics import primary_metric
-
     prep = load_prepared(data_dir)
-    metric = primary_metric(prep.schema, cfg.hpo.metric if cfg.hpo.metric != "auto" else cfg.gate.metric)
+    metric = prep.schema.primary_metric(cfg.hpo.metric if cfg.hpo.metric != "auto" else cfg.gate.metric)
     study = open_study(cfg, worker, prep.info["fingerprints"]["train"])
     study.set_user_attr("metric", metric)
     work_dir = Path(work_dir)
@@ -183,7 +181,7 @@ def run_trials(cfg: Config, data_dir, teacher_dir: str, logits_dir, work_dir, n_
             if not math.isfinite(value):
                 raise optuna.TrialPruned(f"diverged: {metric} = {value}")
             trial.set_user_attr("metrics", result["metrics"])
-            trial.set_user_attr("model_dir", result["model_dir"])
+            trial.set_user_attr("model_dir", str(work_dir / f"trial-{trial.number}"))
             return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -295,5 +293,4 @@ def study_summary(study, metric: str | None = None) -> dict:
     return {"study": study.study_name, "metric": metric or study.user_attrs.get("metric"), "search_seconds": seconds,
             "direction": study.direction.name.lower(), "trials": count,
             "best_value": best.value if best else None, "best_params": best.params if best else None,
-            "best_trial": best.number if best else None,
-            "best_model_dir": best.user_attrs.get("model_dir") if best else None}
+            "best_trial": best.number if best else None}

@@ -1,4 +1,4 @@
-"""Distillation losses, registered by name (torchdistill-style) and chosen by problem type."""
+"""Distillation losses, registered by name (torchdistill-style); the task's default is LabelSchema.default_loss."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 LOSSES: dict[str, Callable] = {}
-DEFAULT_FOR = {"single_label_classification": "softmax_kl", "multi_label_classification": "sigmoid_bce"}
 
 
 def register(name: str):
@@ -35,9 +34,7 @@ def sigmoid_bce(student_logits, teacher_logits, labels, alpha: float, temperatur
     return alpha * hard + (1.0 - alpha) * temperature**2 * soft
 
 
-def distillation_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float,
-                      problem_type: str = "single_label_classification", loss: str = "auto"):
-    name = DEFAULT_FOR[problem_type] if loss == "auto" else loss
+def distillation_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float, name: str):
     if name not in LOSSES:
         raise KeyError(f"unknown distillation loss {name!r}; registered: {sorted(LOSSES)}")
     if teacher_logits is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> 
                               group_by_length=cfg.distillation.group_by_length)
     trainer = DistillationTrainer(model=model, args=args, train_dataset=prep.dataset["train"],
                                   eval_dataset=prep.dataset["validation"], data_collator=KDCollator(tokenizer),
-                                  alpha=1.0, problem_type=prep.schema.problem_type)
+                                  alpha=1.0, loss_name=prep.schema.loss())
     run_key = f"{cfg.teacher.model_dump_json()}|{prep.info['fingerprints']['train']}"
     stats = train(trainer, out_dir / "checkpoints", run_key)
     model.save_pretrained(str(out_dir / "model"), safe_serialization=True)
@@ -58,25 +57,31 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> 
     return {"model_dir": str(out_dir / "model"), "metrics": metrics, **stats}
 
 
-def save_logits(path: Path, logits: np.ndarray, fingerprint: str, teacher: str) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    save_file({"logits": torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))}, str(path),
-              metadata={"fingerprint": fingerprint, "teacher": teacher})
+def teacher_source(teacher_dir: str | Path, teacher_ref: str) -> str:
+    """What prepare-teacher handed on: its fine-tuned model (teacher_ref "") or the configured teacher as is."""
+    return teacher_ref or str(Path(teacher_dir) / "model")
 
 
-def load_logits(path: str | Path, expected_fingerprint: str) -> np.ndarray:
+def save_logits(path: Path, logits: np.ndarray, fingerprint: str, model: str) -> None:
+    """Logits keyed to the rows they were computed on (the split's fingerprint). safetensors: no pickle."""
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32)}, str(path),
+              metadata={"fingerprint": fingerprint, "model": model})
+
+
+def load_logits(path: str | Path, expected_fingerprint: str, producer: str) -> np.ndarray:
     from safetensors import safe_open
 
     file = Path(path) / LOGITS_FILE if Path(path).is_dir() else Path(path)
     if not file.is_file():
-        raise DataError(f"{file}: teacher logits not found; run the evaluate-teacher step first")
+        raise DataError(f"{file}: logits not found; the {producer} step writes them")
     with safe_open(str(file), framework="np") as f:
         found = f.metadata().get("fingerprint")
         if found != expected_fingerprint:
-            raise DataError(f"{file}: cached teacher logits were computed on other training data (fingerprint "
-                            f"{found}, data now {expected_fingerprint}); re-run evaluate-teacher")
+            raise DataError(f"{file}: these logits were computed on other data (fingerprint {found}, data now "
+                            f"{expected_fingerprint}); re-run {producer}")
         return f.get_tensor("logits")
 
 
@@ -99,12 +104,10 @@ def evaluate_teacher(cfg: Config, data_dir: str | Path, teacher_dir: str, out_di
     train_logits = predict_logits(model, prep.dataset["train"], tokenizer, bs)
     logits_s = time.perf_counter() - start
     save_logits(out_dir / LOGITS_FILE, train_logits, prep.info["fingerprints"]["train"], teacher_dir)
-    result = {
+    return {
         "metrics": metrics,
         "latency_ms_b1": torch_latency_ms(model, 1, cfg.export.latency_seq_len, cfg.export.latency_runs),
         "parameters": count_parameters(model),
         "logits_seconds": logits_s,
         "logits_rows": int(train_logits.shape[0]),
     }
-    (out_dir / "teacher_eval.json").write_text(json.dumps(result, indent=2))
-    return result

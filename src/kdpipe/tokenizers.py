@@ -52,12 +52,12 @@ def sample_texts(cfg, n: int = 1000) -> list[str]:
     """Real training texts to encode with both tokenizers (a seeded sample, not one sentence)."""
     import random
 
-    from kdpipe.data import read_train
+    from kdpipe.data import read_split
 
-    col = read_train(cfg.data).get(cfg.data.text_column)
-    if col is None:
-        return []
-    texts = [t for t in col.tolist() if isinstance(t, str) and t.strip()]
+    train = read_split(cfg.data, "train")
+    if cfg.data.text_column not in train.columns:
+        return []  # preprocess names the missing column
+    texts = [t for t in train.column(cfg.data.text_column) if isinstance(t, str) and t.strip()]
     return random.Random(cfg.data.seed).sample(texts, min(n, len(texts)))
 
 

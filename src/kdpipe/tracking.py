@@ -17,6 +17,7 @@ from kdpipe import __version__
 from kdpipe.errors import KdpipeError
 
 RUN_TAG, ROLE_TAG, ERROR_TAG = "kdpipe.pipeline_run", "kdpipe.role", "kdpipe.error"
+TRIAL_MODEL = "trial_model"  # a trial run's model, logged only with hpo.reuse_best_model
 
 
 def _mlflow(cfg):
@@ -178,6 +179,8 @@ class TrialRuns:
                 raise
             mlflow.log_metrics({k: float(v) for k, v in trial.user_attrs.get("metrics", {}).items()})
             mlflow.set_tag("optuna.state", "COMPLETE")
+            if self.cfg.hpo.reuse_best_model:
+                mlflow.log_artifacts(str(Path(trial.user_attrs["model_dir"]) / "model"), TRIAL_MODEL)
 
 
 def _epoch_metrics():
@@ -204,6 +207,25 @@ def mark_lost_trials(cfg, hpo_id: str, lost: dict[int, str]) -> None:
             client.set_tag(run.info.run_id, "optuna.state", "FAIL")
             client.set_tag(run.info.run_id, ERROR_TAG, lost[int(number)])
             client.set_terminated(run.info.run_id, "FAILED")
+
+
+def download_trial_model(cfg, pipeline_run: str, hpo_id: str, trial_number: int, dest: str | Path) -> bool:
+    """The model of trial `trial_number`, when a trial of this pipeline run logged it (so: this data, this teacher),
+    into dest/model. False (train again with its params) when the best trial ran in an earlier pipeline run."""
+    import logging
+
+    import mlflow
+
+    found = [r for r in child_runs(cfg, hpo_id) if r.data.tags.get("optuna.trial_number") == str(trial_number)
+             and r.data.tags.get("optuna.state") == "COMPLETE" and r.data.tags.get(RUN_TAG) == pipeline_run]
+    if not found:
+        logging.getLogger(__name__).warning("hpo.reuse_best_model: trial %s did not run in this pipeline run; "
+                                            "training again with its params", trial_number)
+        return False
+    local = mlflow.artifacts.download_artifacts(run_id=found[0].info.run_id, artifact_path=TRIAL_MODEL,
+                                                dst_path=str(dest), tracking_uri=cfg.tracking.uri)
+    Path(local).rename(Path(dest) / "model")
+    return True
 
 
 def numbers(result: dict) -> dict[str, float]:

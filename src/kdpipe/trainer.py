@@ -34,11 +34,9 @@ class DistillationTrainer(Trainer):
     # compute_loss returns a per-micro-batch mean: the Trainer must divide it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, alpha=0.5, temperature=4.0, problem_type="single_label_classification",
-                 loss_name="auto", teacher=None, **kwargs):
+    def __init__(self, *args, loss_name: str, alpha=0.5, temperature=4.0, teacher=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.alpha, self.temperature = alpha, temperature
-        self.problem_type, self.loss_name = problem_type, loss_name
+        self.alpha, self.temperature, self.loss_name = alpha, temperature, loss_name
         self.teacher = teacher
         if teacher is not None:
             teacher.to(self.args.device).eval()
@@ -58,8 +56,7 @@ class DistillationTrainer(Trainer):
             if model.training and alpha < 1.0:
                 raise RuntimeError("distillation batch without teacher logits: the cached logits were not attached")
             alpha = 1.0  # evaluation on held-out data: report the supervised loss
-        loss = distillation_loss(outputs.logits, teacher_logits, labels, alpha, self.temperature,
-                                 self.problem_type, self.loss_name)
+        loss = distillation_loss(outputs.logits, teacher_logits, labels, alpha, self.temperature, self.loss_name)
         if model.training and not torch.isfinite(loss.detach()):
             raise TrainingDiverged(f"the training loss became {loss.item()} at step {self.state.global_step} "
                                    f"(learning rate {self.args.learning_rate}); lower the learning rate")

@@ -1,14 +1,13 @@
-"""Local `evaluate` metric for kdpipe (the Hub's metric scripts are not reachable offline).
+"""kdpipe's classification metrics as an `evaluate` module (the Hub's metric scripts are not reachable offline):
+`evaluate.load("<kdpipe>/metric_modules/kd_classification", config_name="single_label" | "multi_label")`.
 
-Config "single_label": predictions = class ids -> accuracy, macro_f1.
-Config "multi_label": predictions = per-label scores in [0, 1], references = 0/1 rows
--> micro_f1, macro_f1, subset accuracy, roc_auc per label and their macro mean.
+A thin wrapper: the numbers come from kdpipe.metrics.classification_metrics, which the pipeline calls directly.
 """
 
 import datasets
 import evaluate
-import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from kdpipe.metrics import classification_metrics
 
 _DESCRIPTION = "Classification metrics for single-label and multi-label distillation."
 _KWARGS = "threshold (multi_label): decision threshold on the scores, default 0.5."
@@ -27,20 +26,4 @@ class KdClassification(evaluate.Metric):
                                    features=features)
 
     def _compute(self, predictions, references, threshold=0.5):
-        preds, refs = np.asarray(predictions), np.asarray(references)
-        if self.config_name != "multi_label":
-            return {"accuracy": float(accuracy_score(refs, preds)),
-                    "macro_f1": float(f1_score(refs, preds, average="macro", zero_division=0))}
-        hard = (preds >= threshold).astype(int)
-        out = {"micro_f1": float(f1_score(refs, hard, average="micro", zero_division=0)),
-               "macro_f1": float(f1_score(refs, hard, average="macro", zero_division=0)),
-               "subset_accuracy": float(accuracy_score(refs, hard))}
-        aucs = []
-        for k in range(refs.shape[1]):
-            # AUC is undefined for a label with one class in this split; report it as missing, not 0.5.
-            if len(np.unique(refs[:, k])) == 2:
-                auc = float(roc_auc_score(refs[:, k], preds[:, k]))
-                out[f"roc_auc_{k}"] = auc
-                aucs.append(auc)
-        out["roc_auc_macro"] = float(np.mean(aucs)) if aucs else float("nan")
-        return out
+        return classification_metrics(predictions, references, self.config_name == "multi_label", threshold)

@@ -1,51 +1,14 @@
-"""`kdpipe run`: the pipeline on KFP's local runner (no cluster), then a summary read back from MLflow."""
+"""The summary of a pipeline run, read back from MLflow (each step's child run and its result.json): what
+`kdpipe run` prints and writes to summary.json."""
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 from kdpipe.config import Config
 from kdpipe.tracking import ERROR_TAG, ROLE_TAG, child_runs, find_parent
 
 BAD_INPUT_ERRORS = ("ConfigError", "DataError", "TokenizerMismatch", "ModelError")
-
-
-def local_safe_json(value) -> str:
-    """JSON for a pipeline parameter under KFP's local SubprocessRunner, which rewrites every "python3" in a
-    task's arguments (parameter values included) to its own interpreter path: a site-packages path in the
-    config would be corrupted. A JSON unicode escape hides the substring; json.loads restores it."""
-    return json.dumps(value).replace("python3", "pyth\\u006fn3")
-
-
-def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None = None) -> dict:
-    """Run the whole pipeline locally; returns the summary (also written to output_dir/summary.json)."""
-    from kfp import local
-
-    from kdpipe.pipeline_steps import hpo_workers
-    from kdpipe_kfp.kdpipe_pipeline import make_pipeline
-
-    output_dir = Path(output_dir).resolve()
-    root = output_dir / "pipeline-root"
-    root.mkdir(parents=True, exist_ok=True)
-    before = set(root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    started = time.perf_counter()
-    failure = None
-    try:
-        make_pipeline(accelerator="", gpus=0, secret="")(config_json=local_safe_json(cfg.to_dict()),
-                                              distill_params_json=local_safe_json(distill_params) if distill_params else "",
-                                              hpo_workers=hpo_workers(cfg))
-    except RuntimeError as e:  # the local runner raises when a task fails; details are in MLflow
-        failure = str(e)
-    wall = time.perf_counter() - started
-    new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
-    if not new:
-        raise RuntimeError(f"the local pipeline run left no folder under {root}: {failure}")
-    summary = build_summary(cfg, new[-1].name, wall, new[-1], failure)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary
 
 
 def _load_result(run) -> dict:
@@ -89,7 +52,7 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
         "hpo": {k: hpo.get(k) for k in ("study", "metric", "trials", "best_trial", "best_value", "best_params")}
         if hpo else None,
         "gate": {"passed": bool(gate.get("passed")), "reasons": gate.get("reasons", []), "metric": gate.get("metric"),
-                 "promote_to_champion": gate.get("promote_to_champion")},
+                 "promote_to_champion": gate.get("promote_to_champion")} if gate else None,
         "onnx": {"path": export.get("path"), "int8_path": export.get("int8_path"),
                  "max_abs_logit_diff": export.get("max_abs_logit_diff"), "latency_ms": export.get("latency_ms")}
         if export else None,
@@ -121,8 +84,9 @@ def print_summary(summary: dict) -> None:
         done = ", ".join(f"{n} {state}" for state, n in h["trials"].items() if n)
         print(f"  hpo: {done}; best trial {h['best_trial']} {h['metric']} {h['best_value'] or 0:.4f} {h['best_params']}")
     print(f"  student: {fmt(summary['student']['metrics'])}")
-    print(f"  gate: {'passed' if summary['gate']['passed'] else 'FAILED'}")
-    for reason in summary["gate"]["reasons"]:
+    gate = summary["gate"]
+    print(f"  gate: {'not reached' if gate is None else 'passed' if gate['passed'] else 'FAILED'}")
+    for reason in (gate or {}).get("reasons", []):
         print(f"    - {reason}")
     if summary.get("registry"):
         r = summary["registry"]

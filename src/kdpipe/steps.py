@@ -1,0 +1,197 @@
+"""The pipeline's steps: each takes the config, the pipeline run's name and its declared inputs (folders of input
+artifacts, plain values), writes only into its own output folders, and returns its result. The lifecycle
+(MLflow child run, timing, metrics, result.json, failures) is `kdpipe.step.tracked_step`'s. The KFP components
+call exactly these; so can a test or a notebook."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kdpipe.step import StepContext, as_config, tracked_step
+
+
+@tracked_step("validate_tokenizers")
+def validate_tokenizers_step(ctx: StepContext) -> dict:
+    """Teacher and student must turn text into the same ids; stops the run before any training."""
+    from kdpipe.tokenizers import validate_tokenizers
+
+    return validate_tokenizers(ctx.cfg)
+
+
+@tracked_step("preprocess")
+def preprocess_step(ctx: StepContext, dataset_dir: str) -> dict:
+    from kdpipe.data import preprocess
+
+    info = preprocess(ctx.cfg, dataset_dir)
+    ctx.tag_parent({"kdpipe.data_fingerprint": info["fingerprints"]["train"],
+                    "kdpipe.problem_type": info["schema"]["problem_type"]})
+    return {"rows": info["sizes"], "num_labels": len(info["schema"]["label_names"]),
+            "problem_type": info["schema"]["problem_type"], "fingerprint": info["fingerprints"]["train"],
+            "train_tokens_mean": info["train_tokens_mean"],
+            "train_truncated_fraction": info["train_truncated_fraction"]}
+
+
+@tracked_step("prepare_teacher")
+def prepare_teacher_step(ctx: StepContext, dataset_dir: str, teacher_dir: str) -> dict:
+    """Fine-tunes the teacher into teacher_dir only when it is not yet a classifier for these labels. The result's
+    `teacher_ref` is what later steps load: "" (the fine-tuned model in teacher_dir) or the configured teacher."""
+    from kdpipe.data import load_prepared
+    from kdpipe.teacher import finetune_teacher, teacher_needs_finetuning
+
+    needed, why = teacher_needs_finetuning(ctx.cfg, load_prepared(dataset_dir).schema)
+    Path(teacher_dir).mkdir(parents=True, exist_ok=True)  # the output artifact exists either way
+    result = {"finetuned": needed, "reason": why, "teacher_ref": "" if needed else ctx.cfg.teacher.model}
+    if needed:
+        trained = finetune_teacher(ctx.cfg, dataset_dir, teacher_dir)
+        result.update({"metrics": trained["metrics"], "train_runtime_s": trained["train_runtime_s"]})
+    return result
+
+
+@tracked_step("evaluate_teacher")
+def evaluate_teacher_step(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str,
+                          logits_dir: str) -> dict:
+    from kdpipe.teacher import evaluate_teacher, teacher_source
+
+    return evaluate_teacher(ctx.cfg, dataset_dir, teacher_source(teacher_dir, teacher_ref), logits_dir)
+
+
+def hpo_worker_step(config, pipeline_run: str, dataset_dir: str, teacher_dir: str, teacher_ref: str,
+                    logits_dir: str, worker: int) -> dict:
+    """One of hpo.workers parallel workers on the shared study. Not a child run of its own: each trial is an MLflow
+    run under the HPO run, and a failure is recorded on the HPO run."""
+    import tempfile
+
+    from kdpipe.errors import ConfigError
+    from kdpipe.hpo import run_trials
+    from kdpipe.teacher import teacher_source
+    from kdpipe.tracking import TrialRuns, failures_recorded, hpo_run_id
+
+    cfg = as_config(config)
+    hpo_id = hpo_run_id(cfg, pipeline_run)
+    with failures_recorded(cfg, hpo_id), tempfile.TemporaryDirectory(prefix="kdpipe-trials-") as work:
+        if not cfg.hpo.enabled or worker >= cfg.hpo.workers:
+            raise ConfigError(f"HPO worker {worker} started, but the config has hpo.enabled={cfg.hpo.enabled}, "
+                              f"hpo.workers={cfg.hpo.workers}: the pipeline parameter hpo_workers must be "
+                              f"{list(range(cfg.hpo.workers)) if cfg.hpo.enabled else []} (kdpipe run sets it)")
+        # Trial models are scratch: with hpo.reuse_best_model each is logged to its trial run, where hpo-best finds it.
+        return run_trials(cfg, dataset_dir, teacher_source(teacher_dir, teacher_ref), logits_dir, work,
+                          trial_log=TrialRuns(cfg, pipeline_run, hpo_id), worker=worker)
+
+
+def hpo_best_step(config, pipeline_run: str, dataset_dir: str, report_path: str, best_model_dir: str,
+                  params_json: str = "") -> dict:
+    """After the workers: the best trial's params (over params_json) for the final distillation, Optuna's plots
+    at report_path, and with hpo.reuse_best_model the best trial's model in best_model_dir. With HPO off,
+    params_json passes through and nothing is tracked."""
+    cfg = as_config(config)
+    given = json.loads(params_json) if params_json else {}
+    if not cfg.hpo.enabled:
+        Path(report_path).write_text("<p>HPO is off (hpo.enabled: false): distillation uses the config.</p>")
+        return {"hpo": False, "params": given, "reuse_model": False}
+    return _hpo_best(cfg, pipeline_run, dataset_dir, report_path, best_model_dir, given)
+
+
+def _hpo_run(cfg, pipeline_run):
+    from kdpipe.tracking import hpo_run_id
+
+    return hpo_run_id(cfg, pipeline_run)
+
+
+@tracked_step("hpo", run_id=_hpo_run)
+def _hpo_best(ctx: StepContext, dataset_dir: str, report_path: str, best_model_dir: str, given: dict) -> dict:
+    from kdpipe.data import load_prepared
+    from kdpipe.errors import SearchFailed
+    from kdpipe.hpo import lost_trials, open_study, study_summary, write_report
+    from kdpipe.tracking import download_trial_model, mark_lost_trials
+
+    cfg = ctx.cfg
+    study = open_study(cfg, fingerprint=load_prepared(dataset_dir).info["fingerprints"]["train"])
+    summary = study_summary(study)
+    mark_lost_trials(cfg, ctx.run_id, lost_trials(study))
+    ctx.log_text_file(write_report(study, report_path), "report.html")
+    if summary["best_params"] is None:
+        raise SearchFailed(f"no HPO trial of study {study.study_name} completed ({summary['trials']}); "
+                           "each trial's run under this HPO run in MLflow says why")
+    ctx.log_params({"study": study.study_name, "n_trials": cfg.hpo.n_trials, "workers": cfg.hpo.workers,
+                    "pruner": cfg.hpo.pruner, "metric": summary["metric"]})
+    ctx.log_params(summary["best_params"], prefix="best.")
+    reuse = cfg.hpo.reuse_best_model and download_trial_model(cfg, ctx.pipeline_run, ctx.run_id,
+                                                              summary["best_trial"], best_model_dir)
+    return {"hpo": True, **summary, "params": {**given, **summary["best_params"]}, "reuse_model": bool(reuse)}
+
+
+@tracked_step("distill_student")
+def distill_step(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str, logits_dir: str,
+                 student_dir: str, params_json: str = "", reuse_model_dir: str = "") -> dict:
+    """Train the student with distillation.* (overridden by params_json, e.g. the best HPO trial's), or take the
+    best trial's model (reuse_model_dir, from hpo-best) as it is."""
+    from kdpipe.distill import MODEL_DIR, adopt_model, distill_student
+    from kdpipe.teacher import teacher_source
+
+    params = json.loads(params_json) if params_json else None
+    if reuse_model_dir:
+        result = adopt_model(ctx.cfg, dataset_dir, Path(reuse_model_dir) / MODEL_DIR, student_dir, params)
+    else:
+        result = distill_student(ctx.cfg, dataset_dir, teacher_source(teacher_dir, teacher_ref), logits_dir,
+                                 student_dir, params, measure_latency=True)
+    ctx.log_params(result["params"], prefix="distillation.")
+    history = result.pop("epoch_history", [])
+    if history:
+        import mlflow
+
+        for h in history:
+            mlflow.log_metric("eval_loss", h["eval_loss"], step=int(round(h["epoch"])))
+    return result
+
+
+@tracked_step("evaluate_gate")
+def gate_step(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_metrics: dict,
+              student_latency_ms: float | None) -> dict:
+    """Judge the student on its validation logits (computed once, by distillation): thresholds, retention, latency,
+    the champion. Needs no model and no torch."""
+    import numpy as np
+
+    from kdpipe.data import load_prepared
+    from kdpipe.distill import load_validation_logits
+    from kdpipe.gate import evaluate_gate
+    from kdpipe.metrics import compute_metrics
+    from kdpipe.tracking import champion_metric
+
+    cfg, prep = ctx.cfg, load_prepared(dataset_dir)
+    labels = np.asarray(prep.dataset["validation"]["labels"])
+    logits = load_validation_logits(student_dir, prep)
+    metrics = compute_metrics(logits, labels, prep.schema, cfg.metrics.threshold)
+    metric = prep.schema.primary_metric(cfg.gate.metric)
+    champion = champion_metric(cfg, metric)
+    decision = evaluate_gate(cfg.gate, metric, metrics, teacher_metrics, student_latency_ms,
+                             None if champion is None else {metric: champion})
+    result = {**decision, "metrics": metrics, "teacher_metrics": teacher_metrics, "latency_ms_b1": student_latency_ms,
+              "champion_value": champion, "label_names": prep.schema.label_names}
+    if not prep.schema.multi_label:
+        k = prep.schema.num_labels
+        matrix = np.zeros((k, k), dtype=int)
+        np.add.at(matrix, (labels, prep.schema.decide(logits)), 1)
+        result["confusion_matrix"] = matrix.tolist()
+    ctx.set_tags({"kdpipe.gate_passed": decision["passed"], "kdpipe.gate_metric": metric})
+    return result
+
+
+@tracked_step("export_register")
+def export_register_step(ctx: StepContext, dataset_dir: str, student_dir: str, gate: dict, onnx_dir: str) -> dict:
+    """Only reached when the gate passed: export + verify the ONNX model, then register it with its aliases."""
+    from kdpipe.export import export_onnx
+    from kdpipe.tracking import register_onnx
+
+    if not gate.get("passed"):
+        raise RuntimeError("export_register reached with a failed gate; refusing to register")
+    exported = export_onnx(ctx.cfg, student_dir, dataset_dir, onnx_dir, metric=gate["metric"])
+    exported["registry"] = register_onnx(ctx.cfg, onnx_dir, gate)
+    return exported
+
+
+def finish_step(config, pipeline_run: str, state: str, error: str = "") -> str:
+    """Exit handler: end the parent run FINISHED or FAILED to match the pipeline."""
+    from kdpipe.tracking import finish_parent
+
+    return finish_parent(as_config(config), pipeline_run, state.upper() == "SUCCEEDED", error or None)
