@@ -21,59 +21,74 @@ def _component(image: str = IMAGE):
 
 @_component()
 def validate_tokenizers(config_json: str, pipeline_run: str, report: Output[Markdown]) -> bool:
-    from kdpipe.steps import validate_tokenizers_step
-    from kdpipe_kfp.outputs import write_markdown
+    from kdpipe_kfp.executor import fast_exit
 
-    result = validate_tokenizers_step(config_json, pipeline_run)
-    write_markdown(report.path, "Tokenizer validation", result)
-    return result["match"]
+    with fast_exit():
+        from kdpipe.steps import validate_tokenizers_step
+        from kdpipe_kfp.outputs import write_markdown
+
+        result = validate_tokenizers_step(config_json, pipeline_run)
+        write_markdown(report.path, "Tokenizer validation", result)
+        return result["match"]
 
 
 @_component()
 def preprocess(config_json: str, pipeline_run: str, dataset: Output[Dataset], metrics: Output[Metrics]):
-    from kdpipe.steps import preprocess_step
-    from kdpipe_kfp.outputs import log_kfp_metrics
+    from kdpipe_kfp.executor import fast_exit
 
-    log_kfp_metrics(metrics, preprocess_step(config_json, pipeline_run, dataset.path))
+    with fast_exit():
+        from kdpipe.steps import preprocess_step
+        from kdpipe_kfp.outputs import log_kfp_metrics
+
+        log_kfp_metrics(metrics, preprocess_step(config_json, pipeline_run, dataset.path))
 
 
 @_component(GPU_IMAGE)
 def prepare_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset], teacher: Output[Model],
                     metrics: Output[Metrics]):
     """`teacher` holds the fine-tuned teacher, or (metadata teacher_ref) names the configured one, used as is."""
-    from kdpipe.steps import prepare_teacher_step
-    from kdpipe_kfp.outputs import log_kfp_metrics
+    from kdpipe_kfp.executor import fast_exit
 
-    result = prepare_teacher_step(config_json, pipeline_run, dataset.path, teacher.path)
-    log_kfp_metrics(metrics, result)
-    teacher.metadata.update({"teacher_ref": result["teacher_ref"], "finetuned": result["finetuned"]})
+    with fast_exit():
+        from kdpipe.steps import prepare_teacher_step
+        from kdpipe_kfp.outputs import log_kfp_metrics
+
+        result = prepare_teacher_step(config_json, pipeline_run, dataset.path, teacher.path)
+        log_kfp_metrics(metrics, result)
+        teacher.metadata.update({"teacher_ref": result["teacher_ref"], "finetuned": result["finetuned"]})
 
 
 @_component(GPU_IMAGE)
 def evaluate_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset], teacher: Input[Model],
                      teacher_logits: Output[Artifact],
                      metrics: Output[Metrics]) -> NamedTuple("TeacherEval", metrics_json=str):
-    import json
+    from kdpipe_kfp.executor import fast_exit
 
-    from kdpipe.steps import evaluate_teacher_step
-    from kdpipe_kfp.outputs import log_kfp_metrics
+    with fast_exit():
+        import json
 
-    result = evaluate_teacher_step(config_json, pipeline_run, dataset.path, teacher.path,
-                                   teacher.metadata.get("teacher_ref", ""), teacher_logits.path)
-    log_kfp_metrics(metrics, result)
-    return (json.dumps(result["metrics"]),)
+        from kdpipe.steps import evaluate_teacher_step
+        from kdpipe_kfp.outputs import log_kfp_metrics
+
+        result = evaluate_teacher_step(config_json, pipeline_run, dataset.path, teacher.path,
+                                       teacher.metadata.get("teacher_ref", ""), teacher_logits.path)
+        log_kfp_metrics(metrics, result)
+        return (json.dumps(result["metrics"]),)
 
 
 @_component(GPU_IMAGE)
 def hpo_worker(config_json: str, pipeline_run: str, worker: int, dataset: Input[Dataset], teacher: Input[Model],
                teacher_logits: Input[Artifact], metrics: Output[Metrics]):
-    from kdpipe.steps import hpo_worker_step
-    from kdpipe_kfp.outputs import log_kfp_metrics
+    from kdpipe_kfp.executor import fast_exit
 
-    # Inside a ParallelFor, KFP's local runner gives the job name as "<run>/for-loop-N-iteration-K".
-    log_kfp_metrics(metrics, hpo_worker_step(config_json, pipeline_run.split("/for-loop-")[0], dataset.path,
-                                             teacher.path, teacher.metadata.get("teacher_ref", ""),
-                                             teacher_logits.path, worker))
+    with fast_exit():
+        from kdpipe.steps import hpo_worker_step
+        from kdpipe_kfp.outputs import log_kfp_metrics
+
+        # Inside a ParallelFor, KFP's local runner gives the job name as "<run>/for-loop-N-iteration-K".
+        log_kfp_metrics(metrics, hpo_worker_step(config_json, pipeline_run.split("/for-loop-")[0], dataset.path,
+                                                 teacher.path, teacher.metadata.get("teacher_ref", ""),
+                                                 teacher_logits.path, worker))
 
 
 @_component()
@@ -82,14 +97,17 @@ def hpo_best(config_json: str, pipeline_run: str, dataset: Input[Dataset], given
              metrics: Output[Metrics]) -> NamedTuple("Best", params_json=str, reuse_model=bool):
     """params_json: the best trial's params over the given ones; reuse_model: `best_model` holds the best trial's
     student (hpo.reuse_best_model), to ship as it is."""
-    import json
+    from kdpipe_kfp.executor import fast_exit
 
-    from kdpipe.steps import hpo_best_step
-    from kdpipe_kfp.outputs import log_kfp_metrics
+    with fast_exit():
+        import json
 
-    result = hpo_best_step(config_json, pipeline_run, dataset.path, report.path, best_model.path, given_params_json)
-    log_kfp_metrics(metrics, result)
-    return json.dumps(result["params"]), result["reuse_model"]
+        from kdpipe.steps import hpo_best_step
+        from kdpipe_kfp.outputs import log_kfp_metrics
+
+        result = hpo_best_step(config_json, pipeline_run, dataset.path, report.path, best_model.path, given_params_json)
+        log_kfp_metrics(metrics, result)
+        return json.dumps(result["params"]), result["reuse_model"]
 
 
 @_component(GPU_IMAGE)
@@ -97,13 +115,16 @@ def distill_student(config_json: str, pipeline_run: str, dataset: Input[Dataset]
                     teacher_logits: Input[Artifact], params_json: str, best_model: Input[Model],
                     reuse_model: bool, student: Output[Model],
                     metrics: Output[Metrics]) -> NamedTuple("Student", latency_ms_b1=float):
-    from kdpipe.steps import distill_step
-    from kdpipe_kfp.outputs import log_kfp_metrics
+    from kdpipe_kfp.executor import fast_exit
 
-    result = distill_step(config_json, pipeline_run, dataset.path, teacher.path, teacher.metadata.get("teacher_ref", ""),
-                          teacher_logits.path, student.path, params_json, best_model.path if reuse_model else "")
-    log_kfp_metrics(metrics, result)
-    return (result["latency_ms_b1"],)
+    with fast_exit():
+        from kdpipe.steps import distill_step
+        from kdpipe_kfp.outputs import log_kfp_metrics
+
+        result = distill_step(config_json, pipeline_run, dataset.path, teacher.path, teacher.metadata.get("teacher_ref", ""),
+                              teacher_logits.path, student.path, params_json, best_model.path if reuse_model else "")
+        log_kfp_metrics(metrics, result)
+        return (result["latency_ms_b1"],)
 
 
 @_component()
@@ -113,39 +134,48 @@ def evaluate_gate(config_json: str, pipeline_run: str, dataset: Input[Dataset], 
                   decision_json: dsl.OutputPath(str)) -> bool:
     """Returns whether the gate passed (the single Output: KFP's local runner evaluates conditions only on that);
     decision_json carries the decision on to export-register."""
-    import json
+    from kdpipe_kfp.executor import fast_exit
 
-    from kdpipe.steps import gate_step
-    from kdpipe_kfp.outputs import log_kfp_metrics, write_markdown
+    with fast_exit():
+        import json
 
-    result = gate_step(config_json, pipeline_run, dataset.path, student.path, json.loads(teacher_metrics_json),
-                       student_latency_ms)
-    log_kfp_metrics(metrics, result)
-    write_markdown(report.path, "Evaluation gate: " + ("PASSED" if result["passed"] else "FAILED"), result)
-    if "confusion_matrix" in result:
-        confusion.log_confusion_matrix(result["label_names"], result["confusion_matrix"])
-    with open(decision_json, "w") as f:
-        json.dump({k: result[k] for k in ("passed", "promote_to_champion", "metric", "value")}, f)
-    return result["passed"]
+        from kdpipe.steps import gate_step
+        from kdpipe_kfp.outputs import log_kfp_metrics, write_markdown
+
+        result = gate_step(config_json, pipeline_run, dataset.path, student.path, json.loads(teacher_metrics_json),
+                           student_latency_ms)
+        log_kfp_metrics(metrics, result)
+        write_markdown(report.path, "Evaluation gate: " + ("PASSED" if result["passed"] else "FAILED"), result)
+        if "confusion_matrix" in result:
+            confusion.log_confusion_matrix(result["label_names"], result["confusion_matrix"])
+        with open(decision_json, "w") as f:
+            json.dump({k: result[k] for k in ("passed", "promote_to_champion", "metric", "value")}, f)
+        return result["passed"]
 
 
 @_component()
 def export_register(config_json: str, pipeline_run: str, dataset: Input[Dataset], student: Input[Model],
                     decision_json: str, onnx_model: Output[Model], metrics: Output[Metrics]):
-    import json
+    from kdpipe_kfp.executor import fast_exit
 
-    from kdpipe.steps import export_register_step
-    from kdpipe_kfp.outputs import log_kfp_metrics
+    with fast_exit():
+        import json
 
-    result = export_register_step(config_json, pipeline_run, dataset.path, student.path, json.loads(decision_json),
-                                  onnx_model.path)
-    log_kfp_metrics(metrics, result)
-    onnx_model.metadata.update({"registered_model": result["registry"]["registered_model"],
-                                "version": result["registry"]["version"], "framework": "onnx"})
+        from kdpipe.steps import export_register_step
+        from kdpipe_kfp.outputs import log_kfp_metrics
+
+        result = export_register_step(config_json, pipeline_run, dataset.path, student.path, json.loads(decision_json),
+                                      onnx_model.path)
+        log_kfp_metrics(metrics, result)
+        onnx_model.metadata.update({"registered_model": result["registry"]["registered_model"],
+                                    "version": result["registry"]["version"], "framework": "onnx"})
 
 
 @_component()
 def finish_tracking(config_json: str, pipeline_run: str, status: PipelineTaskFinalStatus) -> str:
-    from kdpipe.steps import finish_step
+    from kdpipe_kfp.executor import fast_exit
 
-    return finish_step(config_json, pipeline_run, status.state, status.error_message or "")
+    with fast_exit():
+        from kdpipe.steps import finish_step
+
+        return finish_step(config_json, pipeline_run, status.state, status.error_message or "")

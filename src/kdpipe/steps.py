@@ -86,6 +86,7 @@ def hpo_best_step(config, pipeline_run: str, dataset_dir: str, report_path: str,
     params_json passes through and nothing is tracked."""
     cfg = as_config(config)
     given = json.loads(params_json) if params_json else {}
+    Path(best_model_dir).mkdir(parents=True, exist_ok=True)  # the output artifact exists even when left empty
     if not cfg.hpo.enabled:
         Path(report_path).write_text("<p>HPO is off (hpo.enabled: false): distillation uses the config.</p>")
         return {"hpo": False, "params": given, "reuse_model": False}
