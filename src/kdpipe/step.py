@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from kdpipe.config import Config, config_from_json
 
@@ -42,9 +43,15 @@ class StepContext:
     def log_text_file(self, path, name: str) -> None:
         """A text file (a report) on the step's run under `name`: KFP names output files after the output."""
         import mlflow
-        from pathlib import Path
 
         mlflow.log_text(Path(path).read_text(), name)
+
+    def log_history(self, name: str, points: list[tuple[int, float]]) -> None:
+        """One metric over steps (e.g. per epoch), shown as a curve in MLflow."""
+        import mlflow
+
+        for step, value in points:
+            mlflow.log_metric(name, value, step=step)
 
 
 def as_config(config: Config | str) -> Config:

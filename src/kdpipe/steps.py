@@ -137,12 +137,7 @@ def distill_step(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_r
         result = distill_student(ctx.cfg, dataset_dir, teacher_source(teacher_dir, teacher_ref), logits_dir,
                                  student_dir, params, measure_latency=True)
     ctx.log_params(result["params"], prefix="distillation.")
-    history = result.pop("epoch_history", [])
-    if history:
-        import mlflow
-
-        for h in history:
-            mlflow.log_metric("eval_loss", h["eval_loss"], step=int(round(h["epoch"])))
+    ctx.log_history("eval_loss", [(int(round(h["epoch"])), h["eval_loss"]) for h in result.pop("epoch_history", [])])
     return result
 
 
