@@ -214,3 +214,36 @@ print(json.dumps({{"torch": "torch" in sys.modules, "gate": gate["metric"], "par
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"torch": False, "gate": "accuracy",
                                                                 "params": {"epochs": 2}}
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "no ONNX model there"),
+    ("truncated", "not a readable ONNX model"),
+    ("no_tokenizer", "no usable tokenizer files beside the model"),
+    ("empty_input", "no texts to classify"),
+])
+def test_predict_on_a_bad_model_folder_or_no_input_is_one_line(setup, student_artifact, tmp_path, capsys,
+                                                               monkeypatch, damage, message):
+    import io
+    import shutil
+
+    from kdpipe.export import export_onnx
+
+    cfg, root, _, _ = setup
+    if not (root / "onnx-predict").exists():
+        export_onnx(cfg, student_artifact, root / "prep", root / "onnx-predict")
+    folder = shutil.copytree(root / "onnx-predict", tmp_path / "model")
+    if damage == "missing":
+        shutil.rmtree(folder)
+    elif damage == "truncated":
+        data = (folder / "model.onnx").read_bytes()
+        (folder / "model.onnx").write_bytes(data[: len(data) // 3])
+    elif damage == "no_tokenizer":
+        for f in folder.iterdir():
+            if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
+                f.unlink()
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    capsys.readouterr()
+    code = main(["predict", "--model", str(folder)] + ([] if damage == "empty_input" else ["a fine film"]))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err

@@ -50,6 +50,9 @@ def cmd_predict(args) -> int:
 
     clf = OnnxClassifier(args.model, int8=args.int8)
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        print("kdpipe: no texts to classify: give them as arguments or one per line on standard input", file=sys.stderr)
+        return EXIT_BAD_INPUT
     for row in clf.predict(texts):
         if args.json:
             print(json.dumps(row))
@@ -61,12 +64,12 @@ def cmd_predict(args) -> int:
 
 def cmd_run(args) -> int:
     from kdpipe.config import load_config
-    from kdpipe.preflight import check_local_inputs
+    from kdpipe.preflight import check_all
     from kdpipe.summary import print_summary
     from kdpipe_kfp.local import run_local  # the KFP layer, imported only by the commands that need it
 
     cfg = load_config(args.config, args.set)
-    check_local_inputs(cfg)
+    check_all(cfg)
     summary = run_local(cfg, args.output_dir or cfg.output_dir)
     print_summary(summary)
     print(f"  summary: {Path(args.output_dir or cfg.output_dir).resolve() / 'summary.json'}")

@@ -165,13 +165,24 @@ class OnnxClassifier:
         path = model_dir / (INT8 if int8 else FP32) if model_dir.is_dir() else model_dir
         if not path.is_file():
             raise ExportError(f"{path}: no ONNX model there; give the folder written by the export step")
-        self.session = session(path)
+        try:
+            self.session = session(path)
+        except Exception as e:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...) say the file is bad
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise ExportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {first}); export it again") from None
         meta = self.session.get_modelmeta().custom_metadata_map
+        if "label_names" not in meta or "problem_type" not in meta:
+            raise ExportError(f"{path}: an ONNX model without kdpipe's metadata (label_names, problem_type); give a "
+                              f"folder written by kdpipe's export step")
         self.schema = LabelSchema(meta["problem_type"], json.loads(meta["label_names"]))
         self.labels, self.problem_type = self.schema.label_names, self.schema.problem_type
         self.threshold = float(meta.get("threshold", 0.5))
         self.max_length = int(meta.get("max_length", 512))
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path.parent))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path.parent))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ExportError(f"{path.parent}: no usable tokenizer files beside the model ({type(e).__name__}); the "
+                              f"export step writes them there") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def predict(self, texts: list[str]) -> list[dict]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 import re
+from pathlib import Path
 
 from kdpipe.errors import ConfigError, ModelError
 
@@ -15,6 +18,50 @@ def _fail(ref: str, what: str, e: Exception) -> ModelError:
     return ModelError(f"{what} {ref!r}: cannot load it ({type(e).__name__}: {first}). Give a local directory "
                       f"saved with save_pretrained, or a Hub id reachable from here (HF_TOKEN from the environment "
                       f"for private models).")
+
+
+PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def inspect_model(ref: str, key: str, trust_remote_code: bool = False, revision: str | None = None) -> dict | None:
+    """The model's config.json, once what loading would refuse later is checked (in seconds, before any training):
+    weights in safetensors form, no custom code unless trusted. A local folder is read directly; a Hub id through
+    the Hub API (None when HF_HUB_OFFLINE is set: the steps check again when they load it)."""
+    if Path(ref).is_dir():
+        files = {p.name for p in Path(ref).iterdir()}
+
+        def read(name):
+            return (Path(ref) / name).read_text()
+    elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return None
+    else:
+        files, read = _hub_files(ref, key, revision)
+    if "config.json" not in files:
+        raise ModelError(f"{key} {ref!r}: no config.json there; give a folder saved with save_pretrained or a Hub id")
+    try:
+        config = json.loads(read("config.json"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{key} {ref!r}: config.json cannot be read ({type(e).__name__}: {e})") from None
+    if not any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files):
+        pickles = sorted(f for f in files if f.endswith(PICKLES))
+        raise ModelError(f"{key} {ref!r}: " + (f"its weights are only a pickle ({', '.join(pickles)}); kdpipe loads "
+                                               "safetensors only (unpickling can run code). Convert them once, where "
+                                               "you trust the file: from_pretrained(...).save_pretrained(...)"
+                                               if pickles else "no weights (model.safetensors) there"))
+    if config.get("auto_map") and not trust_remote_code:
+        raise ModelError(f"{key} {ref!r}: its config asks to run the model's own code (auto_map: "
+                         f"{sorted(config['auto_map'])}); set trust_remote_code: true only if you trust that code")
+    return config
+
+
+def _hub_files(ref: str, key: str, revision: str | None):
+    from huggingface_hub import hf_hub_download, list_repo_files
+
+    try:
+        files = set(list_repo_files(ref, revision=revision))
+    except Exception as e:  # not found, gated, private without HF_TOKEN, unreachable: all "cannot use it"
+        raise _fail(ref, key, e) from None
+    return files, lambda name: Path(hf_hub_download(ref, name, revision=revision)).read_text()
 
 
 def load_tokenizer(ref: str, cfg=None, revision: str | None = None, what: str = "tokenizer"):

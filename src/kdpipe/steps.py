@@ -13,9 +13,12 @@ from kdpipe.step import StepContext, as_config, tracked_step
 
 @tracked_step("validate_tokenizers")
 def validate_tokenizers_step(ctx: StepContext) -> dict:
-    """Teacher and student must turn text into the same ids; stops the run before any training."""
+    """Teacher and student must load safely and turn text into the same ids: stops the run before any training.
+    The first step, with no retry: bad models are refused here, not after the teacher's fine-tuning, three times."""
+    from kdpipe.preflight import check_models
     from kdpipe.tokenizers import validate_tokenizers
 
+    check_models(ctx.cfg)
     return validate_tokenizers(ctx.cfg)
 
 

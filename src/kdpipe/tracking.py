@@ -20,9 +20,41 @@ RUN_TAG, ROLE_TAG, ERROR_TAG = "kdpipe.pipeline_run", "kdpipe.role", "kdpipe.err
 TRIAL_MODEL = "trial_model"  # a trial run's model, logged only with hpo.reuse_best_model
 
 
+_OPENED: set[str] = set()
+
+
+def open_store(uri: str) -> None:
+    """MLflow creates a fresh SQLite store's tables when it first opens it; two processes doing that at once
+    corrupt the store ("table ... already exists", and every later run fails). Each process's first open of a
+    SQLite store is therefore serialized by a lock file beside it: the first creates the tables, the others
+    wait and find them. Other stores (a tracking server) need nothing."""
+    if uri in _OPENED:
+        return
+    if uri.startswith("sqlite:///"):
+        import fcntl
+
+        from mlflow.tracking import MlflowClient
+
+        with open(uri.removeprefix("sqlite:///") + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                MlflowClient(uri).search_experiments(max_results=1)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    _OPENED.add(uri)
+
+
+def _client(cfg):
+    from mlflow.tracking import MlflowClient
+
+    open_store(cfg.tracking.uri)
+    return MlflowClient(cfg.tracking.uri)
+
+
 def _mlflow(cfg):
     import mlflow
 
+    open_store(cfg.tracking.uri)
     mlflow.set_tracking_uri(cfg.tracking.uri)
     return mlflow
 
@@ -65,9 +97,8 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _find(cfg, pipeline_run: str, role: str) -> list:
-    from mlflow.tracking import MlflowClient
 
-    return MlflowClient(cfg.tracking.uri).search_runs(
+    return _client(cfg).search_runs(
         [experiment_id(cfg)], filter_string=f"tags.`{RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = '{role}'",
         order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=10)
 
@@ -78,12 +109,11 @@ def find_parent(cfg, pipeline_run: str):
 
 
 def parent_run_id(cfg, pipeline_run: str) -> str:
-    from mlflow.tracking import MlflowClient
 
     found = find_parent(cfg, pipeline_run)
     if found:
         return found.info.run_id
-    client = MlflowClient(cfg.tracking.uri)
+    client = _client(cfg)
     run = client.create_run(experiment_id(cfg), run_name=pipeline_run, tags={
         RUN_TAG: pipeline_run, ROLE_TAG: "pipeline", "kdpipe.config_hash": cfg.hash(),
         "kdpipe.code_version": code_version(), "mlflow.source.name": "kdpipe"})
@@ -95,12 +125,11 @@ def parent_run_id(cfg, pipeline_run: str) -> str:
 def hpo_run_id(cfg, pipeline_run: str) -> str:
     """The HPO step's run, a child of the pipeline run; every worker logs its trials under it. Workers start
     together, so each may create one: all keep the earliest and the others are deleted."""
-    from mlflow.tracking import MlflowClient
 
     found = _find(cfg, pipeline_run, "hpo")
     if found:
         return found[0].info.run_id
-    client = MlflowClient(cfg.tracking.uri)
+    client = _client(cfg)
     mine = client.create_run(experiment_id(cfg), run_name="hpo", tags={
         RUN_TAG: pipeline_run, ROLE_TAG: "hpo", "mlflow.parentRunId": parent_run_id(cfg, pipeline_run)}).info.run_id
     winner = _find(cfg, pipeline_run, "hpo")[0].info.run_id
@@ -110,9 +139,8 @@ def hpo_run_id(cfg, pipeline_run: str) -> str:
 
 
 def tag_parent(cfg, pipeline_run: str, tags: dict) -> None:
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(cfg.tracking.uri)
+    client = _client(cfg)
     run_id = parent_run_id(cfg, pipeline_run)
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value))
@@ -137,12 +165,11 @@ def step_run(cfg, pipeline_run: str, step: str, run_id: str | None = None):
 def failures_recorded(cfg, run_id: str):
     """Record an exception on the run (tag kdpipe.error, status FAILED). A KdpipeError (bad input or setting)
     becomes a one-line exit: its message says what to do, and a library traceback would only bury it."""
-    from mlflow.tracking import MlflowClient
 
     try:
         yield
     except Exception as e:
-        client = MlflowClient(cfg.tracking.uri)
+        client = _client(cfg)
         client.set_tag(run_id, ERROR_TAG, f"{type(e).__name__}: {e}"[:5000])
         if isinstance(e, KdpipeError):
             client.set_terminated(run_id, "FAILED")
@@ -198,9 +225,8 @@ def _epoch_metrics():
 
 def mark_lost_trials(cfg, hpo_id: str, lost: dict[int, str]) -> None:
     """Trial runs left RUNNING by a worker that died: FAILED, with what became of their params."""
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(cfg.tracking.uri)
+    client = _client(cfg)
     for run in child_runs(cfg, hpo_id):
         number = run.data.tags.get("optuna.trial_number")
         if run.info.status == "RUNNING" and number is not None and int(number) in lost:
@@ -243,9 +269,8 @@ def log_result(result: dict) -> None:
 
 
 def finish_parent(cfg, pipeline_run: str, succeeded: bool, error: str | None = None) -> str:
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(cfg.tracking.uri)
+    client = _client(cfg)
     run_id = parent_run_id(cfg, pipeline_run)
     if not succeeded:
         failed = [r for r in child_runs(cfg, run_id) if r.data.tags.get(ERROR_TAG)]
@@ -256,9 +281,8 @@ def finish_parent(cfg, pipeline_run: str, succeeded: bool, error: str | None = N
 
 
 def child_runs(cfg, parent_id: str) -> list:
-    from mlflow.tracking import MlflowClient
 
-    return MlflowClient(cfg.tracking.uri).search_runs(
+    return _client(cfg).search_runs(
         [experiment_id(cfg)], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
         order_by=["attributes.start_time ASC"], max_results=1000)
 
@@ -268,9 +292,8 @@ def child_runs(cfg, parent_id: str) -> list:
 def champion_metric(cfg, metric: str) -> float | None:
     """The gate metric of the version holding the `champion` alias, if any."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(cfg.tracking.uri)
+    client = _client(cfg)
     try:
         version = client.get_model_version_by_alias(cfg.tracking.registered_model, "champion")
     except MlflowException:
@@ -289,7 +312,6 @@ def register_onnx(cfg, onnx_dir: str | Path, gate: dict) -> dict:
     import numpy as np
     import onnx
     from mlflow.models import infer_signature
-    from mlflow.tracking import MlflowClient
 
     from kdpipe.export import FP32, session
 
@@ -300,7 +322,7 @@ def register_onnx(cfg, onnx_dir: str | Path, gate: dict) -> dict:
                for i in sess.get_inputs()}
     outputs = dict(zip(["logits", "probabilities"], sess.run(["logits", "probabilities"], example)))
     name = cfg.tracking.registered_model
-    client = MlflowClient(cfg.tracking.uri)
+    client = _client(cfg)
     mlflow.set_tag("kdpipe.gate_metric", gate["metric"])
     mlflow.log_metric("gate_metric_value", gate["value"])
     info = mlflow.onnx.log_model(onnx.load(str(onnx_dir / FP32)), name="model", registered_model_name=name,
