@@ -9,6 +9,8 @@ from pathlib import Path
 from kdpipe.config import Config
 from kdpipe.summary import build_summary
 
+INVOCATION_TAG = "kdpipe.invocation"  # on the parent run: which `kdpipe run` started it
+
 
 def local_safe_json(value) -> str:
     """JSON for a pipeline parameter under KFP's local SubprocessRunner, which rewrites every "python3" in a
@@ -30,11 +32,19 @@ def pipeline_arguments(cfg: Config, distill_params: dict | None = None, encode=j
 
 
 def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None = None) -> dict:
-    """Run the whole pipeline locally; returns the summary (also written to output_dir/summary.json)."""
+    """Run the whole pipeline locally; returns the summary (also written to output_dir/summary.json and to the
+    run's own folder). The run is found by a tag only this invocation sets on its parent run, so runs started
+    together in one output folder each report themselves."""
+    import uuid
+
     from kfp import local
 
+    from kdpipe.tracking import RUN_TAG, find_parent_by_tag
     from kdpipe_kfp.kdpipe_pipeline import make_pipeline
 
+    invocation = uuid.uuid4().hex
+    cfg = cfg.model_copy(deep=True)
+    cfg.tracking.tags = {**cfg.tracking.tags, INVOCATION_TAG: invocation}
     output_dir = Path(output_dir).resolve()
     root = output_dir / "pipeline-root"
     root.mkdir(parents=True, exist_ok=True)
@@ -47,9 +57,15 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
     except RuntimeError as e:  # the local runner raises when a task fails; details are in MLflow
         failure = str(e)
     wall = time.perf_counter() - started
-    new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
-    if not new:
-        raise RuntimeError(f"the local pipeline run left no folder under {root}: {failure}")
-    summary = build_summary(cfg, new[-1].name, wall, new[-1], failure)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    parent = find_parent_by_tag(cfg, INVOCATION_TAG, invocation)
+    if parent is not None:
+        run_dir = root / parent.data.tags[RUN_TAG]
+    else:  # no parent run (tracking failed before the first step opened one): the newest new folder
+        new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
+        if not new:
+            raise RuntimeError(f"the local pipeline run left no folder under {root}: {failure}")
+        run_dir = new[-1]
+    summary = build_summary(cfg, run_dir.name, wall, run_dir, failure)
+    for folder in (output_dir, run_dir):
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

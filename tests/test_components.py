@@ -122,3 +122,37 @@ def test_a_teacher_that_is_already_a_classifier_passes_through_as_metadata(store
                                                   "teacher": (Model, "prepare-teacher.teacher")},
                                **common)["metrics_json"])
     assert set(metrics) == {"accuracy", "macro_f1"}
+
+
+def test_hpo_worker_and_best_model_reuse_alone(store):
+    """The HPO path, each component alone: a worker's trials land in the study and MLflow only; hpo-best hands
+    the best trial's model on as its Model output; distill-student ships it without training."""
+    from mlflow.tracking import MlflowClient
+
+    from kdpipe_kfp.components import (distill_student, evaluate_teacher, hpo_best, hpo_worker, prepare_teacher,
+                                       preprocess)
+
+    s, config = store
+    raw = json.loads(config)
+    raw["hpo"] = dict(raw["hpo"], enabled=True, n_trials=2, workers=1, pruner="none", reuse_best_model=True,
+                      storage=f"journal:{s.root}/hpo-journal.log",
+                      space={"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}})
+    common = {"config_json": json.dumps(raw), "pipeline_run": RUN + "-hpo"}
+    s.run(preprocess, **common)
+    dataset = {"dataset": (Dataset, "preprocess.dataset")}
+    s.run(prepare_teacher, dataset, **common)
+    teacher = {**dataset, "teacher": (Model, "prepare-teacher.teacher")}
+    teacher_metrics = s.run(evaluate_teacher, teacher, **common)["metrics_json"]
+    s.run(hpo_worker, {**teacher, "teacher_logits": (Artifact, "evaluate-teacher.teacher_logits")}, worker=0, **common)
+    best = s.run(hpo_best, dataset, given_params_json="", **common)
+    assert best["reuse_model"] is True and set(json.loads(best["params_json"])) == {"learning_rate"}
+    assert (s.root / "store/hpo-best.best_model/model/model.safetensors").is_file()
+    student = s.run(distill_student, {**teacher, "teacher_logits": (Artifact, "evaluate-teacher.teacher_logits"),
+                                      "best_model": (Model, "hpo-best.best_model")},
+                    params_json=best["params_json"], reuse_model=True, **common)
+    assert student["latency_ms_b1"] > 0 and set(json.loads(teacher_metrics)) == {"accuracy", "macro_f1"}
+    client = MlflowClient(f"sqlite:///{s.root}/mlflow.db")
+    (distill,) = client.search_runs([client.get_experiment_by_name("alone").experiment_id],
+                                    f"tags.`kdpipe.pipeline_run` = '{RUN}-hpo' "
+                                    "and tags.`kdpipe.role` = 'distill_student'")
+    assert "train_runtime_s" not in distill.data.metrics  # shipped, not trained again

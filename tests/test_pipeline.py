@@ -253,3 +253,34 @@ def test_config_survives_the_local_runner_python3_rewrite():
     value = {"teacher": {"model": "/venv/lib/python3.11/site-packages/pkg/model"}}
     encoded = local_safe_json(value)
     assert "python3" not in encoded and json.loads(encoded) == value
+
+
+def test_a_run_reports_itself_when_another_starts_in_the_same_folder(tiny_run):
+    """`kdpipe run` used to take the newest folder under the output folder as its own: with two runs started
+    together, both printed the same summary. A folder that appears mid-run (another run's) must not be taken."""
+    import os
+    import threading
+    import time
+
+    from kdpipe.config import load_config
+    from kdpipe_kfp.local import run_local
+
+    out = tiny_run / "identity"
+    intruder = out / "pipeline-root" / "kdpipe-9999-12-31-23-59-59-999999"
+
+    def another_run_starts():
+        time.sleep(8)
+        intruder.mkdir(parents=True)
+        later = time.time() + 3600
+        os.utime(intruder, (later, later))  # newest by far: what the old "newest folder is mine" rule took
+
+    threading.Thread(target=another_run_starts, daemon=True).start()
+    cfg = load_config(tiny_run / "config.yaml", ["gate.min_metric=0.99", "tracking.registered_model=identity"])
+    summary = run_local(cfg, out)
+    folders = list((out / "pipeline-root").iterdir())
+    assert max(folders, key=lambda p: p.stat().st_mtime) == intruder and summary["pipeline_run"] != intruder.name
+    assert summary["status"] == "gate_failed" and summary["mlflow"]["parent_run_id"]
+    parent, _ = parent_and_children(tiny_run, summary["mlflow"]["parent_run_id"])
+    assert parent.data.tags["kdpipe.pipeline_run"] == summary["pipeline_run"]
+    assert json.loads((out / "pipeline-root" / summary["pipeline_run"] / "summary.json").read_text()) == \
+        json.loads((out / "summary.json").read_text())

@@ -72,7 +72,7 @@ def cmd_run(args) -> int:
     check_all(cfg)
     summary = run_local(cfg, args.output_dir or cfg.output_dir)
     print_summary(summary)
-    print(f"  summary: {Path(args.output_dir or cfg.output_dir).resolve() / 'summary.json'}")
+    print(f"  summary: {Path(summary['pipeline_root']) / 'summary.json'} (also the output folder's latest)")
     return {"promoted": EXIT_OK, "gate_failed": EXIT_GATE_FAILED, "bad_input": EXIT_BAD_INPUT}.get(
         summary["status"], EXIT_ERROR)
 

@@ -280,6 +280,9 @@ class TrackingConfig(_Section):
                                                         "rejected")
     experiment: str = Field("kdpipe", description="MLflow experiment")
     registered_model: str = Field("kdpipe-student", description="registered model name in the MLflow Model Registry")
+    tags: dict[str, str] = Field(default_factory=dict, description="tags set on each pipeline run's parent run "
+                                                                   "(`--set tracking.tags.team=nlp`); not part of "
+                                                                   "the config hash")
 
     @field_validator("uri")
     @classmethod
@@ -307,7 +310,10 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """What decides the result: tags only label the run."""
+        settings = self.to_dict()
+        settings["tracking"].pop("tags")
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

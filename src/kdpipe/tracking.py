@@ -97,10 +97,16 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _find(cfg, pipeline_run: str, role: str) -> list:
-
     return _client(cfg).search_runs(
         [experiment_id(cfg)], filter_string=f"tags.`{RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = '{role}'",
         order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=10)
+
+
+def find_parent_by_tag(cfg, key: str, value: str):
+    """The pipeline run whose parent run carries tag key=value (e.g. the invocation that started it)."""
+    runs = _client(cfg).search_runs([experiment_id(cfg)], filter_string=f"tags.`{key}` = '{value}' and "
+                                                                         f"tags.`{ROLE_TAG}` = 'pipeline'")
+    return runs[0] if runs else None
 
 
 def find_parent(cfg, pipeline_run: str):
@@ -109,13 +115,12 @@ def find_parent(cfg, pipeline_run: str):
 
 
 def parent_run_id(cfg, pipeline_run: str) -> str:
-
     found = find_parent(cfg, pipeline_run)
     if found:
         return found.info.run_id
     client = _client(cfg)
     run = client.create_run(experiment_id(cfg), run_name=pipeline_run, tags={
-        RUN_TAG: pipeline_run, ROLE_TAG: "pipeline", "kdpipe.config_hash": cfg.hash(),
+        **cfg.tracking.tags, RUN_TAG: pipeline_run, ROLE_TAG: "pipeline", "kdpipe.config_hash": cfg.hash(),
         "kdpipe.code_version": code_version(), "mlflow.source.name": "kdpipe"})
     for key, value in flatten(cfg.to_dict()).items():
         client.log_param(run.info.run_id, key, str(value)[:6000])
@@ -139,7 +144,6 @@ def hpo_run_id(cfg, pipeline_run: str) -> str:
 
 
 def tag_parent(cfg, pipeline_run: str, tags: dict) -> None:
-
     client = _client(cfg)
     run_id = parent_run_id(cfg, pipeline_run)
     for key, value in tags.items():
@@ -269,7 +273,6 @@ def log_result(result: dict) -> None:
 
 
 def finish_parent(cfg, pipeline_run: str, succeeded: bool, error: str | None = None) -> str:
-
     client = _client(cfg)
     run_id = parent_run_id(cfg, pipeline_run)
     if not succeeded:
@@ -281,7 +284,6 @@ def finish_parent(cfg, pipeline_run: str, succeeded: bool, error: str | None = N
 
 
 def child_runs(cfg, parent_id: str) -> list:
-
     return _client(cfg).search_runs(
         [experiment_id(cfg)], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
         order_by=["attributes.start_time ASC"], max_results=1000)
