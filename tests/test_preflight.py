@@ -108,9 +108,10 @@ def test_the_first_step_refuses_a_bad_model_and_is_never_retried(config, models)
 
 def test_a_journal_file_in_a_folder_the_run_creates_is_accepted(config, tmp_path):
     from kdpipe.config import load_config
+    from kdpipe.errors import ConfigError
     from kdpipe.preflight import check_hpo_storage
 
     check_hpo_storage(load_config(config, ["hpo.enabled=true", f"hpo.storage=journal:{tmp_path}/new/dir/j.log"]))
     (tmp_path / "a-file").write_text("not a folder")
-    with pytest.raises(Exception, match=r"hpo.storage journal:.*a-file/j.log: the folder .* does not exist"):
+    with pytest.raises(ConfigError, match=r"hpo.storage journal:.*a-file/j.log: the folder .* does not exist"):
         check_hpo_storage(load_config(config, ["hpo.enabled=true", f"hpo.storage=journal:{tmp_path}/a-file/j.log"]))

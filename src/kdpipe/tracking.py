@@ -96,16 +96,16 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _find(cfg, pipeline_run: str, role: str) -> list:
+def _find(cfg, value: str, role: str, tag: str = RUN_TAG) -> list:
+    """Runs of this role whose `tag` is `value` (by default: of this pipeline run), earliest first."""
     return _client(cfg).search_runs(
-        [experiment_id(cfg)], filter_string=f"tags.`{RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = '{role}'",
+        [experiment_id(cfg)], filter_string=f"tags.`{tag}` = '{value}' and tags.`{ROLE_TAG}` = '{role}'",
         order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=10)
 
 
 def find_parent_by_tag(cfg, key: str, value: str):
-    """The pipeline run whose parent run carries tag key=value (e.g. the invocation that started it)."""
-    runs = _client(cfg).search_runs([experiment_id(cfg)], filter_string=f"tags.`{key}` = '{value}' and "
-                                                                         f"tags.`{ROLE_TAG}` = 'pipeline'")
+    """The pipeline's parent run carrying tag key=value (e.g. the invocation that started it)."""
+    runs = _find(cfg, value, "pipeline", tag=key)
     return runs[0] if runs else None
 
 
