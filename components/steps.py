@@ -139,6 +139,7 @@ def evaluate_gate(config_json: str, pipeline_run: str, dataset: Input[Dataset], 
     with fast_exit():
         import json
 
+        from kdpipe.gate import DECISION_KEYS
         from kdpipe.steps import gate_step
         from kdpipe_kfp.outputs import log_kfp_metrics, write_markdown
 
@@ -149,7 +150,7 @@ def evaluate_gate(config_json: str, pipeline_run: str, dataset: Input[Dataset], 
         if "confusion_matrix" in result:
             confusion.log_confusion_matrix(result["label_names"], result["confusion_matrix"])
         with open(decision_json, "w") as f:
-            json.dump({k: result[k] for k in ("passed", "promote_to_champion", "metric", "value")}, f)
+            json.dump({k: result.get(k) for k in DECISION_KEYS}, f)
         return result["passed"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -39,12 +40,16 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
 
     from kfp import local
 
-    from kdpipe.tracking import RUN_TAG, find_parent_by_tag
+    from kdpipe.recovery import driver_tags, end_lost_runs
+    from kdpipe.tracking import RUN_TAG, end_unfinished, find_parent_by_tag, store_failure
     from kdpipe_kfp.kdpipe_pipeline import make_pipeline
 
+    for run_id in end_lost_runs(cfg):
+        print(f"kdpipe: MLflow run {run_id} was left RUNNING by a kdpipe process that is gone: marked KILLED",
+              file=sys.stderr)
     invocation = uuid.uuid4().hex
     cfg = cfg.model_copy(deep=True)
-    cfg.tracking.tags = {**cfg.tracking.tags, INVOCATION_TAG: invocation}
+    cfg.tracking.tags = {**cfg.tracking.tags, INVOCATION_TAG: invocation, **driver_tags()}
     output_dir = Path(output_dir).resolve()
     root = output_dir / "pipeline-root"
     root.mkdir(parents=True, exist_ok=True)
@@ -56,8 +61,18 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
         make_pipeline(accelerator="", gpus=0, secret="")(**pipeline_arguments(cfg, distill_params, local_safe_json))
     except RuntimeError as e:  # the local runner raises when a task fails; details are in MLflow
         failure = str(e)
+    except BaseException:  # Ctrl-C or SIGTERM: end this run's MLflow runs now, not at the next run
+        parent = find_parent_by_tag(cfg, INVOCATION_TAG, invocation)
+        if parent is not None:
+            end_unfinished(cfg, parent.info.run_id, "kdpipe run was interrupted")
+        raise
     wall = time.perf_counter() - started
-    parent = find_parent_by_tag(cfg, INVOCATION_TAG, invocation)
+    try:
+        parent = find_parent_by_tag(cfg, INVOCATION_TAG, invocation)
+    except Exception as e:  # the store is down: the summary says so, from what is known without it
+        if not store_failure(e):
+            raise
+        parent = None
     if parent is not None:
         run_dir = root / parent.data.tags[RUN_TAG]
     else:  # no parent run (tracking failed before the first step opened one): the newest new folder

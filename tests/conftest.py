@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -82,3 +83,39 @@ def base_config(teacher: str, train: str, validation: str, **sections) -> dict:
     for key, value in sections.items():
         raw.setdefault(key, {}).update(value)
     return raw
+
+
+def write_tiny_pipeline_config(root: Path, tokenizer, sst2: tuple[str, str], experiment: str, registered_model: str,
+                               teacher_labels: int | None = None) -> Path:
+    """A tiny teacher (a base encoder that needs fine-tuning, or a classifier with teacher_labels), a one-layer
+    student, the small SST-2 sample, and MLflow on SQLite in root: root/config.yaml."""
+    teacher = make_tiny_bert(root / "teacher", tokenizer, layers=2, hidden=32, num_labels=teacher_labels)
+    raw = base_config(teacher, *sst2)
+    raw["student"] = {"layers": [0]}
+    raw["tracking"] = {"uri": f"sqlite:///{root}/mlflow.db", "experiment": experiment,
+                       "registered_model": registered_model}
+    (root / "config.yaml").write_text(yaml.safe_dump(raw))
+    return root / "config.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, bert_tokenizer, sst2_small):
+    """A tiny base encoder (needs fine-tuning, like MiniLM) and a config that writes into a fresh folder."""
+    root = tmp_path_factory.mktemp("pipeline")
+    write_tiny_pipeline_config(root, bert_tokenizer, sst2_small, "pipeline-test", "tiny-student")
+    return root
+
+
+def registered_versions(root, name):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root}/mlflow.db").search_model_versions(f"name='{name}'")
+
+
+def parent_and_children(root, run_id):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    parent = client.get_run(run_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    return parent, {c.data.tags["kdpipe.role"]: c for c in children}

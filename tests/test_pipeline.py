@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from kdpipe.cli import main
-from tests.conftest import base_config, make_tiny_bert
+from tests.conftest import parent_and_children, registered_versions
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -80,34 +80,6 @@ def test_shipped_configs_load_and_compile(tmp_path, shared_data):
     assert schema.primary_metric(toxic.gate.metric) == "roc_auc_macro" and "roc_auc_macro" in reported
     assert main(["compile", "-o", str(tmp_path / "k.yaml")]) == 0
     assert (tmp_path / "k.yaml").is_file()
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, bert_tokenizer, sst2_small):
-    """A tiny base encoder (needs fine-tuning, like MiniLM) and a config that writes into a fresh folder."""
-    root = tmp_path_factory.mktemp("pipeline")
-    teacher = make_tiny_bert(root / "teacher", bert_tokenizer, layers=2, hidden=32)
-    raw = base_config(teacher, *sst2_small)
-    raw["student"] = {"layers": [0]}
-    raw["tracking"] = {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "pipeline-test",
-                       "registered_model": "tiny-student"}
-    (root / "config.yaml").write_text(yaml.safe_dump(raw))
-    return root
-
-
-def registered_versions(root, name):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(f"sqlite:///{root}/mlflow.db").search_model_versions(f"name='{name}'")
-
-
-def parent_and_children(root, run_id):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    parent = client.get_run(run_id)
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
-    return parent, {c.data.tags["kdpipe.role"]: c for c in children}
 
 
 def test_gate_passes_exports_and_registers(tiny_run, capsys):

@@ -115,3 +115,89 @@ def test_a_journal_file_in_a_folder_the_run_creates_is_accepted(config, tmp_path
     (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(ConfigError, match=r"hpo.storage journal:.*a-file/j.log: the folder .* does not exist"):
         check_hpo_storage(load_config(config, ["hpo.enabled=true", f"hpo.storage=journal:{tmp_path}/a-file/j.log"]))
+
+
+GOOD_ROWS = "".join(f"a fine film number {i},{i % 2}\n" for i in range(8))
+# name -> (file name, its bytes, what the one line must say). Each is a train file (the validation file is good).
+BAD_FILES = {
+    "latin-1": ("t.csv", ("sentence,label\ncaf\xe9 cr\xe8me,1\n" + GOOD_ROWS).encode("latin-1"),
+                "not UTF-8 text (byte 0xe9 at offset 18)"),
+    "utf-16": ("t.csv", ("sentence,label\n" + GOOD_ROWS).encode("utf-16"), "iconv -f utf-16 -t utf-8"),
+    "binary": ("t.csv", bytes(range(256)) * 8, "not UTF-8 text"),
+    "csv: a row with an extra field": ("t.csv", ("sentence,label\n" + GOOD_ROWS + "two, fields,1\n").encode(),
+                                       "row 9 (data rows counted from 1) has 3 fields where the header has 2"),
+    "csv: unclosed quote": ("t.csv", ('sentence,label\n"never closed,1\n' + GOOD_ROWS).encode(), "quote fields"),
+    "csv: empty file": ("t.csv", b"", "cannot read it as csv"),
+    "csv: header only": ("t.csv", b"sentence,label\n", "the train split is empty"),
+    "tsv that is comma-separated": ("t.tsv", ("sentence,label\n" + GOOD_ROWS).encode(),
+                                    "column(s) ['sentence', 'label'] not found"),
+    "jsonl: a broken line": ("t.jsonl", b'{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": \n',
+                             "line 2 is not valid JSON"),
+    "jsonl: a line that is a list": ("t.jsonl", b'{"sentence": "good", "label": 1}\n["bad", 0]\n',
+                                     "line 2 is not a JSON object"),
+    "parquet: truncated": ("t.parquet", b"PAR1\x15\x04\x15\x10", "cannot read it as parquet"),
+    "parquet: a csv file": ("t.parquet", ("sentence,label\n" + GOOD_ROWS).encode(), "cannot read it as parquet"),
+    "unknown extension": ("t.xlsx", b"PK\x03\x04", "cannot tell the format from the extension '.xlsx'"),
+    "label missing in a row": ("t.csv", ("sentence,label\nno label here,\n" + GOOD_ROWS).encode(),
+                               "column 'label', row 1 (data rows counted from 1)"),
+    "one class only": ("t.csv", "sentence,label\nsame,1\nagain,1\n".encode(), "single class"),
+    "empty text": ("t.csv", ("sentence,label\n,1\n" + GOOD_ROWS).encode(), "empty or missing text"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_hostile_data_files_are_one_line(case, config, tmp_path, capsys):
+    name, content, expected = BAD_FILES[case]
+    (tmp_path / name).write_bytes(content)
+    (tmp_path / "v.csv").write_text("sentence,label\n" + GOOD_ROWS)
+    err = refused(config, capsys, f"data.train={tmp_path / name}", f"data.validation={tmp_path / 'v.csv'}")
+    assert str(tmp_path / name) in err and expected in err, err
+
+
+def test_a_label_only_validation_has_is_named(config, tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("sentence,label\n" + GOOD_ROWS)
+    (tmp_path / "v.csv").write_text("sentence,label\nfine,1\nodd,7\n")
+    err = refused(config, capsys, f"data.train={tmp_path / 't.csv'}", f"data.validation={tmp_path / 'v.csv'}")
+    assert "v.csv: column 'label', row 2" in err and "label '7' is outside the label set" in err
+
+
+def write(path, files: dict[str, str] | None):
+    """A folder holding `files`, or (files None) a plain file at path."""
+    if files is None:
+        path.write_text("onnx bytes")
+        return path
+    path.mkdir()
+    for name, text in files.items():
+        (path / name).write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: write(d, {}), "no config.json there"),
+    (lambda d: write(d, {"config.json": '{"model_type": "bert"}'}), "no weights"),
+    (lambda d: write(d, {"config.json": "{not json"}), "config.json cannot be read"),
+    (lambda d: write(d, None), "a file, not a folder"),
+    (lambda d: d, "no such folder"),
+], ids=["empty folder", "config without weights", "unreadable config.json", "a file", "missing"])
+def test_model_folders_of_the_wrong_kind(make, expected, config, tmp_path, capsys):
+    where = make(tmp_path / "model")
+    err = refused(config, capsys, f"student.model={where}", "student.layers=null")
+    assert f"student.model '{where}'" in err and expected in err, err
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("distillation.alpha=1.5", "distillation.alpha: Input should be less than or equal to 1"),
+    ("distillation.temperature=0", "distillation.temperature: Input should be greater than 0"),
+    ("data.max_length=4", "data.max_length: Input should be greater than or equal to 8"),
+    ("export.opset=9", "export.opset: Input should be greater than or equal to 14"),
+    ("metrics.threshold=1.0", "metrics.threshold: Input should be less than 1"),
+    ("data.format=xml", "data.format: Input should be 'auto', 'csv', 'tsv', 'jsonl' or 'parquet'"),
+    ("distillation.bogus=1", "distillation.bogus: unknown key"),
+    ("data.label_columns=[]", "data.label_columns: List should have at least 1 item"),
+    ("gate.metric=bleu", "gate.metric 'bleu': not a metric of this single_label_classification task"),
+    ("data.text_column=review", "column(s) ['review'] not found"),
+    ("teacher.model=nobody/no-such-model", "teacher.model 'nobody/no-such-model'"),
+])
+def test_config_values_out_of_range(override, expected, config, capsys, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # a Hub id is checked online: no Hub here, in seconds
+    assert expected in refused(config, capsys, override)

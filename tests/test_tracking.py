@@ -27,3 +27,54 @@ def test_concurrent_first_runs_do_not_corrupt_a_fresh_store(tmp_path):
         client = MlflowClient(f"sqlite:///{db}")
         runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
         assert sorted(r.data.tags["kdpipe.pipeline_run"] for r in runs) == ["run-0", "run-1", "run-2"]
+
+
+REGISTER_AND_PROMOTE = """
+import sys, time
+import mlflow
+from kdpipe.config import load_config
+from kdpipe.registry import take_champion_if_better
+from kdpipe.tracking import experiment_id
+from pathlib import Path
+db, value, barrier, n = sys.argv[1], float(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+cfg = load_config(raw={"teacher": {"model": "org/teacher"}, "student": {"layers": [0]},
+                       "data": {"dataset": "x", "train": "train", "validation": "validation"},
+                       "tracking": {"uri": "sqlite:///" + db, "experiment": "race", "registered_model": "m"}})
+mlflow.set_tracking_uri(cfg.tracking.uri)
+client = mlflow.MlflowClient(cfg.tracking.uri)
+if not client.search_registered_models("name = 'm'"):
+    client.create_registered_model("m")  # by the first process, alone
+with mlflow.start_run(experiment_id=experiment_id(cfg)) as run:
+    mlflow.set_tag("kdpipe.gate_metric", "accuracy")
+    mlflow.log_metric("gate_metric_value", value)
+version = client.create_model_version("m", run.info.artifact_uri, run.info.run_id).version
+# Every gate judged the same champion (v1) before any of them registered: each would promote.
+gate = {"passed": True, "promote_to_champion": True, "metric": "accuracy", "value": value, "champion_version": "1"}
+(barrier / str(value)).touch()
+while len(list(barrier.iterdir())) < n:  # all registered: now they move the alias together
+    time.sleep(0.01)
+print(version, take_champion_if_better(cfg, version, gate))
+"""
+
+
+def test_racing_gates_leave_the_better_model_champion(tmp_path):
+    """Each gate read the champion before the others moved it. Setting the alias blindly (as before) leaves the
+    last writer champion, whatever its quality; the compare-and-set leaves the best."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    values = [0.70, 0.91, 0.80, 0.85]
+    seed = subprocess.run([sys.executable, "-c", REGISTER_AND_PROMOTE, str(db), "0.5", str(tmp_path), "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert seed.returncode == 0, seed.stderr[-2000:]
+    client = MlflowClient(f"sqlite:///{db}")
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+    barrier = tmp_path / "registered"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", REGISTER_AND_PROMOTE, str(db), str(v), str(barrier), "4"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in values]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(values), [err[-1500:] for _, err in outs]
+    champion = client.get_model_version_by_alias("m", "champion")
+    assert client.get_run(champion.run_id).data.metrics["gate_metric_value"] == max(values), outs
+    assert not client.search_registered_models("name = 'm.kdpipe-lock'"), "the lock was not released"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -70,11 +71,16 @@ def cmd_run(args) -> int:
 
     cfg = load_config(args.config, args.set)
     check_all(cfg)
+    signal.signal(signal.SIGTERM, _interrupted)  # as Ctrl-C: the run's MLflow runs are ended KILLED
     summary = run_local(cfg, args.output_dir or cfg.output_dir)
     print_summary(summary)
     print(f"  summary: {Path(summary['pipeline_root']) / 'summary.json'} (also the output folder's latest)")
     return {"promoted": EXIT_OK, "gate_failed": EXIT_GATE_FAILED, "bad_input": EXIT_BAD_INPUT}.get(
         summary["status"], EXIT_ERROR)
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def cmd_compile(args) -> int:

@@ -283,6 +283,10 @@ class TrackingConfig(_Section):
     tags: dict[str, str] = Field(default_factory=dict, description="tags set on each pipeline run's parent run "
                                                                    "(`--set tracking.tags.team=nlp`); not part of "
                                                                    "the config hash")
+    keep_checkpoints: bool = Field(True, description="keep each training step's last epoch checkpoint on its MLflow "
+                                                     "run until the step succeeds, so that a killed or retried run "
+                                                     "with the same config and data resumes from it (costs one "
+                                                     "upload of the model and optimizer state per epoch)")
 
     @field_validator("uri")
     @classmethod
@@ -334,7 +338,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
+    """One line per problem (a single problem: one line in all)."""
+    lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
@@ -342,8 +347,10 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = "unknown key (see docs/config.md for the valid keys)"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        lines.append(f"  {where}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{where}: {msg}")
+    if len(lines) == 1:
+        return f"invalid config ({source}): {lines[0]}"
+    return "\n  ".join([f"invalid config ({source}):", *lines])
 
 
 def resolve_model_ref(ref: str, base: Path | None = None) -> str:

@@ -21,9 +21,10 @@ MODEL_DIR, VALIDATION_LOGITS = "model", "validation_logits.safetensors"
 
 def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_dir: str | Path | None,
                     out_dir: str | Path, params: dict | None = None, callbacks: list | None = None,
-                    measure_latency: bool = False) -> dict:
+                    measure_latency: bool = False, keeper=None) -> dict:
     """Train the student into out_dir. `params` (e.g. the best HPO trial) override distillation.* for this run;
-    `callbacks` (TrainerCallback) see each epoch's evaluation, with the task metrics as eval_<name>."""
+    `callbacks` (TrainerCallback) see each epoch's evaluation, with the task metrics as eval_<name>; `keeper`
+    keeps checkpoints where a re-run finds them (kdpipe.trainer.train)."""
     from kdpipe.trainer import DistillationTrainer, KDCollator, train, training_arguments
 
     d = cfg.distillation.model_copy(update=params or {})
@@ -49,8 +50,9 @@ def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_
                                   teacher=teacher, callbacks=callbacks,
                                   compute_metrics=lambda p: compute_metrics(p.predictions, p.label_ids, prep.schema,
                                                                             cfg.metrics.threshold))
-    run_key = f"{d.model_dump_json()}|{cfg.student.model_dump_json()}|{teacher_dir}|{prep.info['fingerprints']['train']}"
-    stats = train(trainer, out_dir / "checkpoints", run_key)
+    # What decides this training (the teacher is decided by the config and the data): a re-run resumes only on it.
+    run_key = f"{cfg.hash()}|{d.model_dump_json()}|{prep.info['fingerprints']['train']}"
+    stats = train(trainer, out_dir / "checkpoints", run_key, keeper)
     result = _ship(cfg, prep, student, tokenizer, out_dir, measure_latency)
     return {**result, "params": d.model_dump(), "epoch_history": [h for h in trainer.state.log_history if "eval_loss" in h],
             **stats}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# What export-register needs of the gate's result (the champion it judged: the alias moves by compare-and-set).
+DECISION_KEYS = ("passed", "promote_to_champion", "metric", "value", "champion_version")
+
 
 def evaluate_gate(gate, metric: str, student_metrics: dict, teacher_metrics: dict,
                   student_latency_ms: float | None = None, champion_metrics: dict | None = None) -> dict:
@@ -30,7 +33,7 @@ def evaluate_gate(gate, metric: str, student_metrics: dict, teacher_metrics: dic
               f"{'<=' if ok else '>'} gate.max_latency_ms {gate.max_latency_ms}")
     passed = all(c["passed"] for c in checks)
     champion_value = (champion_metrics or {}).get(metric)
-    promote = passed and (champion_value is None or value >= champion_value + gate.min_improvement_over_champion)
+    promote = passed and beats_champion(value, champion_value, gate.min_improvement_over_champion)
     if champion_value is not None:
         checks.append({"check": "champion", "passed": promote, "observed": value, "limit": champion_value,
                        "reason": f"challenger {metric} {value:.4f} vs champion {champion_value:.4f} "
@@ -39,3 +42,8 @@ def evaluate_gate(gate, metric: str, student_metrics: dict, teacher_metrics: dic
     return {"passed": passed, "reasons": [c["reason"] for c in checks if not c["passed"] and c["check"] != "champion"]
             or [c["reason"] for c in checks], "checks": checks, "promote_to_champion": promote, "metric": metric,
             "value": value}
+
+
+def beats_champion(value: float, champion_value: float | None, min_improvement: float) -> bool:
+    """The one champion rule (the gate's, and again when another run moved the alias meanwhile)."""
+    return champion_value is None or value >= champion_value + min_improvement

@@ -32,6 +32,9 @@ def inspect_model(ref: str, key: str, trust_remote_code: bool = False, revision:
 
         def read(name):
             return (Path(ref) / name).read_text()
+    elif Path(ref).exists() or ref.startswith(("/", "./", "../", "~")) or "\\" in ref:  # a path, never a Hub id
+        raise ModelError(f"{key} {ref!r}: " + ("a file, not a folder" if Path(ref).exists() else "no such folder")
+                         + "; give the folder a model was saved to with save_pretrained, or a Hub id")
     elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return None
     else:
@@ -55,8 +58,15 @@ def inspect_model(ref: str, key: str, trust_remote_code: bool = False, revision:
 
 
 def _hub_files(ref: str, key: str, revision: str | None):
-    from huggingface_hub import hf_hub_download, list_repo_files
+    import requests
+    from huggingface_hub import constants, hf_hub_download, list_repo_files
 
+    try:  # one short request first: the Hub client retries an unreachable endpoint for half a minute
+        requests.head(constants.ENDPOINT, timeout=3)
+    except requests.RequestException as e:
+        raise ModelError(f"{key} {ref!r}: the Hub ({constants.ENDPOINT}) does not answer from here "
+                         f"({type(e).__name__}); give a local folder, or set HF_HUB_OFFLINE=1 to use the local "
+                         f"Hugging Face cache") from None
     try:
         files = set(list_repo_files(ref, revision=revision))
     except Exception as e:  # not found, gated, private without HF_TOKEN, unreachable: all "cannot use it"

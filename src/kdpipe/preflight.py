@@ -28,7 +28,16 @@ def check_local_inputs(cfg: Config) -> None:
     from kdpipe.data import load_and_validate
 
     if cfg.data.dataset is None:
-        load_and_validate(cfg.data)
+        check_metric_names(cfg, load_and_validate(cfg.data)[1])
+
+
+def check_metric_names(cfg: Config, schema) -> None:
+    """gate.metric and hpo.metric name metrics this task reports (known once the labels are): a typo would
+    otherwise fail the gate only after all the training."""
+    for key, value in (("gate.metric", cfg.gate.metric), ("hpo.metric", cfg.hpo.metric if cfg.hpo.enabled else "auto")):
+        if value != "auto" and value not in schema.metric_names:
+            raise ConfigError(f"{key} {value!r}: not a metric of this {schema.problem_type} task; choose one of "
+                              f"{schema.metric_names[:12]} or auto")
 
 
 def check_models(cfg: Config) -> None:

@@ -46,6 +46,13 @@ class StepContext:
 
         mlflow.log_text(Path(path).read_text(), name)
 
+    def checkpoints(self):
+        """Where a training step keeps its epoch checkpoints for a re-run (None when tracking.keep_checkpoints
+        is off)."""
+        from kdpipe.recovery import RunCheckpoints
+
+        return RunCheckpoints(self.cfg, self.run_id, self.pipeline_run) if self.cfg.tracking.keep_checkpoints else None
+
     def log_history(self, name: str, points: list[tuple[int, float]]) -> None:
         """One metric over steps (e.g. per epoch), shown as a curve in MLflow."""
         import mlflow
@@ -69,15 +76,16 @@ def tracked_step(name: str, run_id=None):
 
             import mlflow
 
-            from kdpipe.tracking import log_result, step_run
+            from kdpipe.tracking import log_result, step_run, store_failures_in_one_line
 
             cfg = as_config(config)
-            existing = run_id(cfg, pipeline_run) if run_id else None
-            with step_run(cfg, pipeline_run, name, run_id=existing) as active:
-                result = fn(StepContext(cfg, pipeline_run, active.info.run_id), *args, **kwargs)
-                result["step_seconds"] = time.perf_counter() - started
-                log_result({k: v for k, v in result.items() if k not in NOT_METRICS})
-                mlflow.log_dict(result, "result.json")
+            with store_failures_in_one_line(cfg):
+                existing = run_id(cfg, pipeline_run) if run_id else None
+                with step_run(cfg, pipeline_run, name, run_id=existing) as active:
+                    result = fn(StepContext(cfg, pipeline_run, active.info.run_id), *args, **kwargs)
+                    result["step_seconds"] = time.perf_counter() - started
+                    log_result({k: v for k, v in result.items() if k not in NOT_METRICS})
+                    mlflow.log_dict(result, "result.json")
             return result
 
         run.step_name = name

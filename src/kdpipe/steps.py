@@ -25,8 +25,11 @@ def validate_tokenizers_step(ctx: StepContext) -> dict:
 @tracked_step("preprocess")
 def preprocess_step(ctx: StepContext, dataset_dir: str) -> dict:
     from kdpipe.data import preprocess
+    from kdpipe.preflight import check_metric_names
+    from kdpipe.task import LabelSchema
 
     info = preprocess(ctx.cfg, dataset_dir)
+    check_metric_names(ctx.cfg, LabelSchema(**info["schema"]))
     ctx.tag_parent({"kdpipe.data_fingerprint": info["fingerprints"]["train"],
                     "kdpipe.problem_type": info["schema"]["problem_type"]})
     return {"rows": info["sizes"], "num_labels": len(info["schema"]["label_names"]),
@@ -46,7 +49,7 @@ def prepare_teacher_step(ctx: StepContext, dataset_dir: str, teacher_dir: str) -
     Path(teacher_dir).mkdir(parents=True, exist_ok=True)  # the output artifact exists either way
     result = {"finetuned": needed, "reason": why, "teacher_ref": "" if needed else ctx.cfg.teacher.model}
     if needed:
-        trained = finetune_teacher(ctx.cfg, dataset_dir, teacher_dir)
+        trained = finetune_teacher(ctx.cfg, dataset_dir, teacher_dir, keeper=ctx.checkpoints())
         result.update({"metrics": trained["metrics"], "train_runtime_s": trained["train_runtime_s"]})
     return result
 
@@ -63,15 +66,22 @@ def hpo_worker_step(config, pipeline_run: str, dataset_dir: str, teacher_dir: st
                     logits_dir: str, worker: int) -> dict:
     """One of hpo.workers parallel workers on the shared study. Not a child run of its own: each trial is an MLflow
     run under the HPO run, and a failure is recorded on the HPO run."""
+    from kdpipe.tracking import hpo_run_id, store_failures_in_one_line
+
+    cfg = as_config(config)
+    with store_failures_in_one_line(cfg):
+        hpo_id = hpo_run_id(cfg, pipeline_run)
+        return _hpo_trials(cfg, pipeline_run, dataset_dir, teacher_dir, teacher_ref, logits_dir, worker, hpo_id)
+
+
+def _hpo_trials(cfg, pipeline_run, dataset_dir, teacher_dir, teacher_ref, logits_dir, worker, hpo_id) -> dict:
     import tempfile
 
     from kdpipe.errors import ConfigError
     from kdpipe.hpo import run_trials
     from kdpipe.teacher import teacher_source
-    from kdpipe.tracking import TrialRuns, failures_recorded, hpo_run_id
+    from kdpipe.tracking import TrialRuns, failures_recorded
 
-    cfg = as_config(config)
-    hpo_id = hpo_run_id(cfg, pipeline_run)
     with failures_recorded(cfg, hpo_id), tempfile.TemporaryDirectory(prefix="kdpipe-trials-") as work:
         if not cfg.hpo.enabled or worker >= cfg.hpo.workers:
             raise ConfigError(f"HPO worker {worker} started, but the config has hpo.enabled={cfg.hpo.enabled}, "
@@ -138,7 +148,7 @@ def distill_step(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_r
         result = adopt_model(ctx.cfg, dataset_dir, Path(reuse_model_dir) / MODEL_DIR, student_dir, params)
     else:
         result = distill_student(ctx.cfg, dataset_dir, teacher_source(teacher_dir, teacher_ref), logits_dir,
-                                 student_dir, params, measure_latency=True)
+                                 student_dir, params, measure_latency=True, keeper=ctx.checkpoints())
     ctx.log_params(result["params"], prefix="distillation.")
     ctx.log_history("eval_loss", [(int(round(h["epoch"])), h["eval_loss"]) for h in result.pop("epoch_history", [])])
     return result
@@ -155,18 +165,20 @@ def gate_step(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_metr
     from kdpipe.distill import load_validation_logits
     from kdpipe.gate import evaluate_gate
     from kdpipe.metrics import compute_metrics
-    from kdpipe.tracking import champion_metric
+    from kdpipe.registry import champion
 
     cfg, prep = ctx.cfg, load_prepared(dataset_dir)
     labels = np.asarray(prep.dataset["validation"]["labels"])
     logits = load_validation_logits(student_dir, prep)
     metrics = compute_metrics(logits, labels, prep.schema, cfg.metrics.threshold)
     metric = prep.schema.primary_metric(cfg.gate.metric)
-    champion = champion_metric(cfg, metric)
+    champion_version, champion_value = champion(cfg, metric)
     decision = evaluate_gate(cfg.gate, metric, metrics, teacher_metrics, student_latency_ms,
-                             None if champion is None else {metric: champion})
+                             None if champion_value is None else {metric: champion_value})
+    # The registry step moves the champion alias only if this is still the champion (compare-and-set).
     result = {**decision, "metrics": metrics, "teacher_metrics": teacher_metrics, "latency_ms_b1": student_latency_ms,
-              "champion_value": champion, "label_names": prep.schema.label_names}
+              "champion_version": champion_version, "champion_value": champion_value,
+              "label_names": prep.schema.label_names}
     if not prep.schema.multi_label:
         k = prep.schema.num_labels
         matrix = np.zeros((k, k), dtype=int)
@@ -180,7 +192,7 @@ def gate_step(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_metr
 def export_register_step(ctx: StepContext, dataset_dir: str, student_dir: str, gate: dict, onnx_dir: str) -> dict:
     """Only reached when the gate passed: export + verify the ONNX model, then register it with its aliases."""
     from kdpipe.export import export_onnx
-    from kdpipe.tracking import register_onnx
+    from kdpipe.registry import register_onnx
 
     if not gate.get("passed"):
         raise RuntimeError("export_register reached with a failed gate; refusing to register")
@@ -191,6 +203,8 @@ def export_register_step(ctx: StepContext, dataset_dir: str, student_dir: str, g
 
 def finish_step(config, pipeline_run: str, state: str, error: str = "") -> str:
     """Exit handler: end the parent run FINISHED or FAILED to match the pipeline."""
-    from kdpipe.tracking import finish_parent
+    from kdpipe.tracking import finish_parent, store_failures_in_one_line
 
-    return finish_parent(as_config(config), pipeline_run, state.upper() == "SUCCEEDED", error or None)
+    cfg = as_config(config)
+    with store_failures_in_one_line(cfg):
+        return finish_parent(cfg, pipeline_run, state.upper() == "SUCCEEDED", error or None)

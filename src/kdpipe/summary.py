@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdpipe.config import Config
-from kdpipe.tracking import ERROR_TAG, ROLE_TAG, child_runs, find_parent
+from kdpipe.tracking import ERROR_TAG, ROLE_TAG, child_runs, find_parent, store_failure
 
 BAD_INPUT_ERRORS = ("ConfigError", "DataError", "TokenizerMismatch", "ModelError")
 
@@ -21,10 +21,18 @@ def _load_result(run) -> dict:
 
 
 def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, failure: str | None) -> dict:
-    parent = find_parent(cfg, pipeline_run)
-    steps = {r.data.tags.get(ROLE_TAG): r for r in child_runs(cfg, parent.info.run_id)} if parent else {}
-    results = {name: _load_result(r) for name, r in steps.items()}
-    errors = [f"{name}: {r.data.tags[ERROR_TAG]}" for name, r in steps.items() if r.data.tags.get(ERROR_TAG)]
+    """Everything MLflow knows of the run; when the store itself is down, what is known without it."""
+    try:
+        parent = find_parent(cfg, pipeline_run)
+        steps = {r.data.tags.get(ROLE_TAG): r for r in child_runs(cfg, parent.info.run_id)} if parent else {}
+        results = {name: _load_result(r) for name, r in steps.items()}
+        errors = [f"{name}: {r.data.tags[ERROR_TAG]}" for name, r in steps.items() if r.data.tags.get(ERROR_TAG)]
+    except Exception as e:
+        why = store_failure(e)
+        if why is None:
+            raise
+        parent, results = None, {}
+        errors = [f"the MLflow store at tracking.uri={cfg.tracking.uri} {why}; nothing was registered"]
     gate = results.get("evaluate_gate", {})
     export = results.get("export_register", {})
     timings = {name: res.get("step_seconds") for name, res in results.items()}
@@ -33,7 +41,8 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
         timings["hpo_search"] = hpo["search_seconds"]  # the workers ran side by side: the search's own wall time
     step_total = sum(v for v in timings.values() if v)
     if errors or failure:
-        status = "bad_input" if any(e.split(": ")[1] in BAD_INPUT_ERRORS for e in errors) else "error"
+        kinds = {e.split(": ")[1] for e in errors if e.count(": ") > 1}  # "step: ErrorType: message"
+        status = "bad_input" if kinds & set(BAD_INPUT_ERRORS) else "error"
     elif gate.get("passed") and export.get("registry"):
         status = "promoted"
     elif gate and not gate.get("passed"):
@@ -52,7 +61,9 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
         "hpo": {k: hpo.get(k) for k in ("study", "metric", "trials", "best_trial", "best_value", "best_params")}
         if hpo else None,
         "gate": {"passed": bool(gate.get("passed")), "reasons": gate.get("reasons", []), "metric": gate.get("metric"),
-                 "promote_to_champion": gate.get("promote_to_champion")} if gate else None,
+                 # The registry's compare-and-set has the last word (another run may have moved the champion).
+                 "promote_to_champion": export.get("registry", {}).get("champion", {}).get(
+                     "promoted", gate.get("promote_to_champion"))} if gate else None,
         "onnx": {"path": export.get("path"), "int8_path": export.get("int8_path"),
                  "max_abs_logit_diff": export.get("max_abs_logit_diff"), "latency_ms": export.get("latency_ms")}
         if export else None,
@@ -91,6 +102,8 @@ def print_summary(summary: dict) -> None:
     if summary.get("registry"):
         r = summary["registry"]
         print(f"  registered {r['registered_model']} v{r['version']} aliases {r['aliases']}; ONNX: {summary['onnx']['path']}")
+        if r.get("champion", {}).get("decided_again"):
+            print(f"    champion moved to v{r['champion']['champion_before']} while this run was judged: decided again")
     for error in summary["errors"]:
         print(f"  error: {error}")
     print(f"  MLflow parent run {summary['mlflow']['parent_run_id']} ({summary['mlflow']['tracking_uri']})")

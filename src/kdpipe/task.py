@@ -45,6 +45,13 @@ class LabelSchema:
         """The config name of kdpipe's `evaluate` module for this task."""
         return "multi_label" if self.multi_label else "single_label"
 
+    @property
+    def metric_names(self) -> list[str]:
+        """The metrics kdpipe reports for this task (a per-label ROC-AUC only where the split has both classes)."""
+        if not self.multi_label:
+            return ["accuracy", "macro_f1"]
+        return ["micro_f1", "macro_f1", "subset_accuracy", "roc_auc_macro"] + [f"roc_auc_{n}" for n in self.label_names]
+
     def primary_metric(self, configured: str = "auto") -> str:
         """The metric the gate compares (gate.metric when set): micro-F1 (multi-label) or accuracy."""
         return self._configured_or(configured, "micro_f1", "accuracy")

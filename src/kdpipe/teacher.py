@@ -29,7 +29,7 @@ def teacher_needs_finetuning(cfg: Config, schema) -> tuple[bool, str]:
     return (reason is not None), (reason or "teacher is already a classifier for these labels")
 
 
-def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict:
+def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, keeper=None) -> dict:
     """Pipeline step: supervised fine-tuning of the teacher (the distillation trainer with alpha=1)."""
     from kdpipe.trainer import DistillationTrainer, KDCollator, train, training_arguments
 
@@ -47,8 +47,9 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> 
     trainer = DistillationTrainer(model=model, args=args, train_dataset=prep.dataset["train"],
                                   eval_dataset=prep.dataset["validation"], data_collator=KDCollator(tokenizer),
                                   alpha=1.0, loss_name=prep.schema.loss())
-    run_key = f"{cfg.teacher.model_dump_json()}|{prep.info['fingerprints']['train']}"
-    stats = train(trainer, out_dir / "checkpoints", run_key)
+    d = cfg.distillation  # its seed and precision settings train the teacher too
+    run_key = f"{cfg.teacher.model_dump_json()}|{d.seed}|{d.mixed_precision}|{prep.info['fingerprints']['train']}"
+    stats = train(trainer, out_dir / "checkpoints", run_key, keeper)
     model.save_pretrained(str(out_dir / "model"), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir / "model"))
     logits = predict_logits(model, prep.dataset["validation"], tokenizer, cfg.distillation.eval_batch_size)

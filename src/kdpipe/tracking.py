@@ -22,6 +22,11 @@ TRIAL_MODEL = "trial_model"  # a trial run's model, logged only with hpo.reuse_b
 
 _OPENED: set[str] = set()
 
+# MLflow's own default retries a dead server for about 4 minutes per request; a step that cannot track fails in
+# seconds instead (a KFP retry, or the user, runs it again). Set these variables to choose otherwise.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
 
 def open_store(uri: str) -> None:
     """MLflow creates a fresh SQLite store's tables when it first opens it; two processes doing that at once
@@ -30,6 +35,8 @@ def open_store(uri: str) -> None:
     wait and find them. Other stores (a tracking server) need nothing."""
     if uri in _OPENED:
         return
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     if uri.startswith("sqlite:///"):
         import fcntl
 
@@ -44,7 +51,39 @@ def open_store(uri: str) -> None:
     _OPENED.add(uri)
 
 
-def _client(cfg):
+def store_failure(error: BaseException) -> str | None:
+    """What went wrong, in a few words, when `error` comes from the tracking store being down or refusing writes
+    (not from a bug or bad input); else None."""
+    import requests
+    import sqlalchemy.exc
+
+    seen = error
+    while seen is not None:
+        text = str(seen).splitlines()[0] if str(seen) else type(seen).__name__
+        if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                             requests.exceptions.RetryError)) or text.startswith("API request to "):
+            return f"did not answer ({text[:300]})"
+        if isinstance(seen, sqlalchemy.exc.OperationalError):
+            return f"refused a write ({text[:300]})"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextlib.contextmanager
+def store_failures_in_one_line(cfg):
+    """A tracking outage ends the step with one line naming tracking.uri (exit 1: a retry may fix it), not with
+    pages of urllib3 and SQLAlchemy tracebacks."""
+    try:
+        yield
+    except Exception as e:
+        why = store_failure(e)
+        if why is None:
+            raise
+        raise SystemExit(f"kdpipe: the MLflow store at tracking.uri={cfg.tracking.uri} {why}; nothing was "
+                         f"registered by this step. Check that it is up and writable, then run again") from None
+
+
+def mlflow_client(cfg):
     from mlflow.tracking import MlflowClient
 
     open_store(cfg.tracking.uri)
@@ -98,7 +137,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def _find(cfg, value: str, role: str, tag: str = RUN_TAG) -> list:
     """Runs of this role whose `tag` is `value` (by default: of this pipeline run), earliest first."""
-    return _client(cfg).search_runs(
+    return mlflow_client(cfg).search_runs(
         [experiment_id(cfg)], filter_string=f"tags.`{tag}` = '{value}' and tags.`{ROLE_TAG}` = '{role}'",
         order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=10)
 
@@ -118,7 +157,7 @@ def parent_run_id(cfg, pipeline_run: str) -> str:
     found = find_parent(cfg, pipeline_run)
     if found:
         return found.info.run_id
-    client = _client(cfg)
+    client = mlflow_client(cfg)
     run = client.create_run(experiment_id(cfg), run_name=pipeline_run, tags={
         **cfg.tracking.tags, RUN_TAG: pipeline_run, ROLE_TAG: "pipeline", "kdpipe.config_hash": cfg.hash(),
         "kdpipe.code_version": code_version(), "mlflow.source.name": "kdpipe"})
@@ -134,7 +173,7 @@ def hpo_run_id(cfg, pipeline_run: str) -> str:
     found = _find(cfg, pipeline_run, "hpo")
     if found:
         return found[0].info.run_id
-    client = _client(cfg)
+    client = mlflow_client(cfg)
     mine = client.create_run(experiment_id(cfg), run_name="hpo", tags={
         RUN_TAG: pipeline_run, ROLE_TAG: "hpo", "mlflow.parentRunId": parent_run_id(cfg, pipeline_run)}).info.run_id
     winner = _find(cfg, pipeline_run, "hpo")[0].info.run_id
@@ -144,7 +183,7 @@ def hpo_run_id(cfg, pipeline_run: str) -> str:
 
 
 def tag_parent(cfg, pipeline_run: str, tags: dict) -> None:
-    client = _client(cfg)
+    client = mlflow_client(cfg)
     run_id = parent_run_id(cfg, pipeline_run)
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value))
@@ -173,7 +212,9 @@ def failures_recorded(cfg, run_id: str):
     try:
         yield
     except Exception as e:
-        client = _client(cfg)
+        if store_failure(e):
+            raise  # recording it needs the store that just failed
+        client = mlflow_client(cfg)
         client.set_tag(run_id, ERROR_TAG, f"{type(e).__name__}: {e}"[:5000])
         if isinstance(e, KdpipeError):
             client.set_terminated(run_id, "FAILED")
@@ -230,7 +271,7 @@ def _epoch_metrics():
 def mark_lost_trials(cfg, hpo_id: str, lost: dict[int, str]) -> None:
     """Trial runs left RUNNING by a worker that died: FAILED, with what became of their params."""
 
-    client = _client(cfg)
+    client = mlflow_client(cfg)
     for run in child_runs(cfg, hpo_id):
         number = run.data.tags.get("optuna.trial_number")
         if run.info.status == "RUNNING" and number is not None and int(number) in lost:
@@ -273,8 +314,13 @@ def log_result(result: dict) -> None:
 
 
 def finish_parent(cfg, pipeline_run: str, succeeded: bool, error: str | None = None) -> str:
-    client = _client(cfg)
+    """The exit handler's end of a pipeline run. A step run still RUNNING lost its process (a pod killed for memory,
+    a node lost): it is marked KILLED, the first failure found becomes the parent's error."""
+    client = mlflow_client(cfg)
     run_id = parent_run_id(cfg, pipeline_run)
+    for child in child_runs(cfg, run_id):
+        if child.info.status == "RUNNING":
+            end_unfinished(cfg, child.info.run_id, "the step's process ended without closing its run (killed?)")
     if not succeeded:
         failed = [r for r in child_runs(cfg, run_id) if r.data.tags.get(ERROR_TAG)]
         message = failed[0].data.tags[ERROR_TAG] if failed else (error or "pipeline failed")
@@ -284,61 +330,19 @@ def finish_parent(cfg, pipeline_run: str, succeeded: bool, error: str | None = N
 
 
 def child_runs(cfg, parent_id: str) -> list:
-    return _client(cfg).search_runs(
+    return mlflow_client(cfg).search_runs(
         [experiment_id(cfg)], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
         order_by=["attributes.start_time ASC"], max_results=1000)
 
 
-# ---------------------------------------------------------------- registry
-
-def champion_metric(cfg, metric: str) -> float | None:
-    """The gate metric of the version holding the `champion` alias, if any."""
-    from mlflow.exceptions import MlflowException
-
-    client = _client(cfg)
-    try:
-        version = client.get_model_version_by_alias(cfg.tracking.registered_model, "champion")
-    except MlflowException:
-        return None
-    run = client.get_run(version.run_id)
-    if run.data.tags.get("kdpipe.gate_metric") != metric:
-        return None
-    return run.data.metrics.get("gate_metric_value")
-
-
-def register_onnx(cfg, onnx_dir: str | Path, gate: dict) -> dict:
-    """Log the exported model (ONNX flavor, signature, input example, tokenizer files alongside) into the
-    active run, register a version, alias it `challenger` (and `champion` when the gate says so).
-    A failure part-way deletes the new version: nothing half-registered is left."""
-    import mlflow
-    import numpy as np
-    import onnx
-    from mlflow.models import infer_signature
-
-    from kdpipe.export import FP32, session
-
-    onnx_dir = Path(onnx_dir)
-    sess = session(onnx_dir / FP32)
-    example = {i.name: np.array([[101, 7592, 2088, 102]], dtype=np.int64) if i.name == "input_ids"
-               else (np.ones if i.name == "attention_mask" else np.zeros)((1, 4), dtype=np.int64)
-               for i in sess.get_inputs()}
-    outputs = dict(zip(["logits", "probabilities"], sess.run(["logits", "probabilities"], example)))
-    name = cfg.tracking.registered_model
-    client = _client(cfg)
-    mlflow.set_tag("kdpipe.gate_metric", gate["metric"])
-    mlflow.log_metric("gate_metric_value", gate["value"])
-    info = mlflow.onnx.log_model(onnx.load(str(onnx_dir / FP32)), name="model", registered_model_name=name,
-                                 signature=infer_signature(example, outputs), input_example=example,
-                                 onnx_execution_providers=["CPUExecutionProvider"])
-    version = str(info.registered_model_version)
-    try:
-        mlflow.log_artifacts(str(onnx_dir), artifact_path="onnx_package")  # tokenizer, int8 model, export.json
-        client.set_registered_model_alias(name, "challenger", version)
-        if gate.get("promote_to_champion"):
-            client.set_registered_model_alias(name, "champion", version)
-        client.set_model_version_tag(name, version, "kdpipe.gate", "passed")
-    except Exception:
-        client.delete_model_version(name, version)
-        raise
-    aliases = ["challenger"] + (["champion"] if gate.get("promote_to_champion") else [])
-    return {"registered_model": name, "version": version, "aliases": aliases, "model_uri": info.model_uri}
+def end_unfinished(cfg, run_id: str, why: str, status: str = "KILLED") -> None:
+    """The run and every run under it still RUNNING: ended with `status`, the reason in kdpipe.error."""
+    client = mlflow_client(cfg)
+    for child in child_runs(cfg, run_id):
+        if child.info.status == "RUNNING":
+            end_unfinished(cfg, child.info.run_id, why, status)
+    run = client.get_run(run_id)
+    if run.info.status == "RUNNING":
+        if not run.data.tags.get(ERROR_TAG):
+            client.set_tag(run_id, ERROR_TAG, why)
+        client.set_terminated(run_id, status)

@@ -100,18 +100,26 @@ def training_arguments(out_dir: str | Path, *, epochs, learning_rate, batch_size
     return TrainingArguments(**{**settings, **extra})
 
 
-def train(trainer: Trainer, checkpoint_dir: str | Path, run_key: str) -> dict:
+def train(trainer: Trainer, checkpoint_dir: str | Path, run_key: str, keeper=None) -> dict:
     """Train, resuming from the newest checkpoint in checkpoint_dir when an interrupted run with the same
-    run_key (settings + data fingerprint) left one; checkpoints of any other run are cleared first."""
+    run_key (settings + data fingerprint) left one; checkpoints of any other run are cleared first. `keeper`
+    (kdpipe.recovery.RunCheckpoints) also keeps each epoch's checkpoint on the step's MLflow run, and brings
+    back the one an earlier, killed attempt with the same run_key left there."""
     checkpoint_dir = Path(checkpoint_dir)
     key_file = checkpoint_dir / "run_key.txt"
     if checkpoint_dir.is_dir() and (not key_file.is_file() or key_file.read_text() != run_key):
         shutil.rmtree(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     key_file.write_text(run_key)
-    last = get_last_checkpoint(str(checkpoint_dir))
+    last, resumed_run = get_last_checkpoint(str(checkpoint_dir)), None
+    if keeper is not None:
+        if last is None and keeper.restore(checkpoint_dir, run_key):
+            last, resumed_run = get_last_checkpoint(str(checkpoint_dir)), keeper.source
+        trainer.add_callback(keeper.callback())
     result = trainer.train(resume_from_checkpoint=last)
     # Checkpoints only serve an interrupted run; kept, they would bloat the step's output artifact.
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if keeper is not None:
+        keeper.discard()
     return {"train_runtime_s": result.metrics.get("train_runtime"), "train_loss": result.training_loss,
-            "resumed_from": last}
+            "resumed_from": last, "resumed_from_run": resumed_run}
