@@ -48,7 +48,7 @@ def test_a_killed_run_is_marked_and_its_rerun_resumes_from_the_last_epoch(faults
     """SIGKILL of `kdpipe run` (and its step processes: a machine lost) during distillation. The next run marks the
     killed one KILLED, and its distillation continues from the epoch checkpoint the killed one kept in MLflow."""
     client = MlflowClient(f"sqlite:///{faults}/mlflow.db")
-    args = [str(faults / "config.yaml"), "--set", "distillation.epochs=30", "--set", "tracking.registered_model=killed"]
+    args = [str(faults / "config.yaml"), "--set", "distillation.epochs=10", "--set", "tracking.registered_model=killed"]
     victim = subprocess.Popen([*KDPIPE, "run", *args, "--output-dir", str(faults / "killed")],
                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -82,18 +82,25 @@ def test_a_killed_run_is_marked_and_its_rerun_resumes_from_the_last_epoch(faults
     assert not client.list_artifacts(killed_distill.info.run_id, "checkpoints")
 
 
-def test_two_runs_started_together_leave_the_better_model_champion(faults):
-    """Both gates judge the champion before either registers; without the compare-and-set the later registration
-    took the alias whatever its quality."""
-    config = str(faults / "config.yaml")
-    common = ["--set", "tracking.registered_model=race", "--set", "gate.min_metric=0.0"]
-    procs = [subprocess.Popen([*KDPIPE, "run", config, *common, *extra, "--output-dir", str(faults / name)],
+def test_two_runs_started_together_on_a_fresh_store_both_finish_and_the_better_is_champion(faults):
+    """Both open a fresh store at once (this used to corrupt it), each reports itself, and both gates judge the
+    champion before either registers; without the compare-and-set the later registration took the alias whatever
+    its quality."""
+    (faults / "race").mkdir()
+    uri = f"sqlite:///{faults}/race/mlflow.db"
+    common = ["--set", f"tracking.uri={uri}", "--set", "tracking.registered_model=race", "--set", "gate.min_metric=0.0"]
+    procs = [subprocess.Popen([*KDPIPE, "run", str(faults / "config.yaml"), *common, *extra,
+                               "--output-dir", str(faults / "race" / name)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for name, extra in (("good", []), ("poor", ["--set", "distillation.learning_rate=1e-9"]))]
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outs]
-    summaries = [json.loads((faults / name / "summary.json").read_text()) for name in ("good", "poor")]
-    client = MlflowClient(f"sqlite:///{faults}/mlflow.db")
+    summaries = [json.loads((faults / "race" / name / "summary.json").read_text()) for name in ("good", "poor")]
+    assert len({s["mlflow"]["parent_run_id"] for s in summaries}) == 2
+    assert len({s["pipeline_run"] for s in summaries}) == 2
+    client = MlflowClient(uri)
+    for summary in summaries:
+        assert client.get_run(summary["mlflow"]["parent_run_id"]).info.status == "FINISHED"
     values = {s["registry"]["version"]: s["student"]["metrics"]["accuracy"] for s in summaries}
     champion = str(client.get_model_version_by_alias("race", "champion").version)
     assert values[champion] == max(values.values()), (values, champion, [s["registry"] for s in summaries])

@@ -106,6 +106,29 @@ def test_the_first_step_refuses_a_bad_model_and_is_never_retried(config, models)
     assert "retryPolicy" not in tasks["validate-tokenizers"]
 
 
+def test_a_retry_of_a_step_that_failed_on_bad_input_ends_at_once(config, tmp_path):
+    """KFP's retry policy retries any failure; the retry of a bad-input failure stops before doing the work."""
+    from mlflow.tracking import MlflowClient
+
+    from kdpipe.config import load_config
+    from kdpipe.steps import preprocess_step
+
+    bad = tmp_path / "train.csv"
+    bad.write_text("sentence,label\nfine,1\n,0\nflat,0\n")
+    cfg = load_config(config, [f"data.train={bad}"])
+    with pytest.raises(SystemExit, match=r"kdpipe: DataError: .*train.csv: column 'sentence', row 2"):
+        preprocess_step(cfg, "retried", str(tmp_path / "prep-1"))
+    started = time.perf_counter()
+    with pytest.raises(SystemExit, match=r"row 2.*an earlier attempt of this step failed on this bad input: not "
+                                         r"retried"):
+        preprocess_step(cfg, "retried", str(tmp_path / "prep-2"))
+    assert time.perf_counter() - started < 5 and not (tmp_path / "prep-2").exists()
+    client = MlflowClient(cfg.tracking.uri)
+    runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
+                              "tags.`kdpipe.role` = 'preprocess'")
+    assert len(runs) == 1 and runs[0].data.tags["kdpipe.bad_input"] == "true"
+
+
 def test_a_journal_file_in_a_folder_the_run_creates_is_accepted(config, tmp_path):
     from kdpipe.config import load_config
     from kdpipe.errors import ConfigError

@@ -17,6 +17,7 @@ from kdpipe import __version__
 from kdpipe.errors import KdpipeError
 
 RUN_TAG, ROLE_TAG, ERROR_TAG = "kdpipe.pipeline_run", "kdpipe.role", "kdpipe.error"
+BAD_INPUT_TAG = "kdpipe.bad_input"  # "true" on a step run that failed on bad input: a retry would fail the same way
 TRIAL_MODEL = "trial_model"  # a trial run's model, logged only with hpo.reuse_best_model
 
 
@@ -197,11 +198,22 @@ def step_run(cfg, pipeline_run: str, step: str, run_id: str | None = None):
     if run_id:
         started = mlflow.start_run(run_id=run_id)
     else:
+        refuse_retry_of_bad_input(cfg, pipeline_run, step)
         started = mlflow.start_run(run_name=step, experiment_id=experiment_id(cfg),
                                    parent_run_id=parent_run_id(cfg, pipeline_run),
                                    tags={RUN_TAG: pipeline_run, ROLE_TAG: step})
     with started as run, failures_recorded(cfg, run.info.run_id):
         yield run
+
+
+def refuse_retry_of_bad_input(cfg, pipeline_run: str, step: str) -> None:
+    """KFP retries a failed task whatever failed (its retry policy cannot tell a lost node from bad input). An
+    attempt after one that failed on bad input ends at once with that message instead of working for minutes to
+    fail the same way."""
+    for run in _find(cfg, pipeline_run, step):
+        if run.data.tags.get(BAD_INPUT_TAG) == "true":
+            raise SystemExit(f"kdpipe: {run.data.tags.get(ERROR_TAG)} (an earlier attempt of this step failed on "
+                             f"this bad input: not retried)")
 
 
 @contextlib.contextmanager
@@ -217,6 +229,7 @@ def failures_recorded(cfg, run_id: str):
         client = mlflow_client(cfg)
         client.set_tag(run_id, ERROR_TAG, f"{type(e).__name__}: {e}"[:5000])
         if isinstance(e, KdpipeError):
+            client.set_tag(run_id, BAD_INPUT_TAG, "true")
             client.set_terminated(run_id, "FAILED")
             raise SystemExit(f"kdpipe: {type(e).__name__}: {e}") from None
         raise
