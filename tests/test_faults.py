@@ -82,6 +82,25 @@ def test_a_killed_run_is_marked_and_its_rerun_resumes_from_the_last_epoch(faults
     assert not client.list_artifacts(killed_distill.info.run_id, "checkpoints")
 
 
+def test_sigterm_ends_the_run_killed_at_once_in_one_line(faults):
+    """SIGTERM (what Kubernetes and most schedulers send) or Ctrl-C: the run's MLflow runs end KILLED right away."""
+    client = MlflowClient(f"sqlite:///{faults}/mlflow.db")
+    before = {r.info.run_id for r in runs_of(client, "pipeline")}
+    run = subprocess.Popen([*KDPIPE, "run", str(faults / "config.yaml"), "--output-dir", str(faults / "sigterm")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: [r for r in runs_of(client, "preprocess", "FINISHED")
+                          if r.data.tags["mlflow.parentRunId"] not in before], 300, "preprocess to finish")
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)  # the step the runner had started, if it is still there
+    assert run.returncode == 130 and err.strip().splitlines()[-1] == "kdpipe: interrupted (signal 15)", err[-3000:]
+    assert "Traceback" not in err
+    (parent,) = [r for r in runs_of(client, "pipeline") if r.info.run_id not in before]
+    assert parent.info.status == "KILLED" and parent.data.tags["kdpipe.error"] == "kdpipe run was interrupted"
+
+
 def test_two_runs_started_together_on_a_fresh_store_both_finish_and_the_better_is_champion(faults):
     """Both open a fresh store at once (this used to corrupt it), each reports itself, and both gates judge the
     champion before either registers; without the compare-and-set the later registration took the alias whatever

@@ -1,4 +1,5 @@
-"""kdpipe command line. Exit codes: 0 ok / promoted, 3 ran but the gate said no, 2 bad input or setting, 1 other errors."""
+"""kdpipe command line. Exit codes: 0 ok / promoted, 3 ran but the gate said no, 2 bad input or setting, 1 other errors,
+130 interrupted (Ctrl-C, SIGTERM)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_GATE_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _quiet() -> None:
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except KdpipeError as e:
         print(f"kdpipe: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the run's MLflow runs were ended KILLED on the way out
+        print(f"kdpipe: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
