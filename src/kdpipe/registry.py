@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kdpipe.tracking import mlflow_client
 
+
 def champion(cfg, metric: str) -> tuple[str | None, float | None]:
     """The version holding the `champion` alias and its gate metric (None when it was judged on another metric)."""
     from mlflow.exceptions import MlflowException
@@ -32,15 +33,14 @@ def registry_lock(cfg, name: str, wait_s: float = 120, lease_s: float = 60):
     was left by a dead process and is broken."""
     import random
     import time
-    import uuid
 
     from mlflow.exceptions import MlflowException
 
-    client, lock, me = mlflow_client(cfg), name + LOCK_SUFFIX, uuid.uuid4().hex
+    client, lock = mlflow_client(cfg), name + LOCK_SUFFIX
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            client.create_registered_model(lock, tags={"holder": me, "expires": str(time.time() + lease_s)},
+            client.create_registered_model(lock, tags={"expires": str(time.time() + lease_s)},
                                            description="kdpipe: a run is moving this model's aliases")
             break
         except MlflowException as e:

@@ -348,14 +348,14 @@ def child_runs(cfg, parent_id: str) -> list:
         order_by=["attributes.start_time ASC"], max_results=1000)
 
 
-def end_unfinished(cfg, run_id: str, why: str, status: str = "KILLED") -> None:
-    """The run and every run under it still RUNNING: ended with `status`, the reason in kdpipe.error."""
+def end_unfinished(cfg, run_id: str, why: str) -> None:
+    """The run and every run under it still RUNNING: ended KILLED, the reason in kdpipe.error."""
     client = mlflow_client(cfg)
     for child in child_runs(cfg, run_id):
         if child.info.status == "RUNNING":
-            end_unfinished(cfg, child.info.run_id, why, status)
+            end_unfinished(cfg, child.info.run_id, why)
     run = client.get_run(run_id)
     if run.info.status == "RUNNING":
         if not run.data.tags.get(ERROR_TAG):
             client.set_tag(run_id, ERROR_TAG, why)
-        client.set_terminated(run_id, status)
+        client.set_terminated(run_id, "KILLED")

@@ -113,8 +113,9 @@ def train(trainer: Trainer, checkpoint_dir: str | Path, run_key: str, keeper=Non
     key_file.write_text(run_key)
     last, resumed_run = get_last_checkpoint(str(checkpoint_dir)), None
     if keeper is not None:
-        if last is None and keeper.restore(checkpoint_dir, run_key):
-            last, resumed_run = get_last_checkpoint(str(checkpoint_dir)), keeper.source
+        if last is None:
+            resumed_run = keeper.restore(checkpoint_dir, run_key)
+            last = get_last_checkpoint(str(checkpoint_dir))
         trainer.add_callback(keeper.callback())
     result = trainer.train(resume_from_checkpoint=last)
     # Checkpoints only serve an interrupted run; kept, they would bloat the step's output artifact.
