@@ -36,6 +36,14 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session and whatever it started; the group may already be gone."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def runs_of(client, role: str, status: str | None = None) -> list:
     exp = client.get_experiment_by_name("faults")
     if exp is None:
@@ -60,7 +68,7 @@ def test_a_killed_run_is_marked_and_its_rerun_resumes_from_the_last_epoch(faults
     try:
         killed_distill = wait_for(distill_kept_a_checkpoint, 300, "the first epoch checkpoint in MLflow")
     finally:
-        os.killpg(victim.pid, signal.SIGKILL)
+        kill_group(victim)
         victim.wait()
     killed_parent = client.get_run(killed_distill.data.tags["mlflow.parentRunId"])
     assert killed_parent.info.status == "RUNNING"  # nobody ended it: the process is gone
@@ -94,7 +102,7 @@ def test_sigterm_ends_the_run_killed_at_once_in_one_line(faults):
         run.send_signal(signal.SIGTERM)
         _, err = run.communicate(timeout=60)
     finally:
-        os.killpg(run.pid, signal.SIGKILL)  # the step the runner had started, if it is still there
+        kill_group(run)  # the step the runner had started, if it is still there
     assert run.returncode == 130 and err.strip().splitlines()[-1] == "kdpipe: interrupted (signal 15)", err[-3000:]
     assert "Traceback" not in err
     (parent,) = [r for r in runs_of(client, "pipeline") if r.info.run_id not in before]
@@ -171,7 +179,7 @@ def test_the_tracking_server_dying_mid_run_ends_the_run_in_one_line_with_a_summa
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         client = MlflowClient(uri)
         wait_for(lambda: runs_of(client, "prepare_teacher", "FINISHED"), 300, "prepare-teacher to finish")
-        os.killpg(server.pid, signal.SIGKILL)
+        kill_group(server)
         server.wait()
         died = time.monotonic()
         output = run.communicate(timeout=300)[0]
@@ -184,10 +192,9 @@ def test_the_tracking_server_dying_mid_run_ends_the_run_in_one_line_with_a_summa
         assert summary["status"] == "error"
         assert summary["errors"][0].startswith(f"the MLflow store at tracking.uri={uri} did not answer")
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
+        kill_group(server)
     server = start_mlflow_server(faults, port)
     try:
         assert not MlflowClient(uri).search_registered_models()
     finally:
-        os.killpg(server.pid, signal.SIGKILL)
+        kill_group(server)
