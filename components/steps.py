@@ -7,16 +7,19 @@ import os
 from typing import NamedTuple
 
 from kfp import dsl
+
+from kdpipe import __version__
 from kfp.dsl import (HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output,
                      PipelineTaskFinalStatus)
 
-# The one image (docker/). Override at compile time for your registry.
-IMAGE = os.environ.get("KDPIPE_IMAGE", "ghcr.io/kdpipe/kdpipe:0.1.0-cpu")
-GPU_IMAGE = os.environ.get("KDPIPE_GPU_IMAGE", "ghcr.io/kdpipe/kdpipe:0.1.0-cuda")
+# Every step's image (docker/Dockerfile, built by scripts/build-images.sh with this tag). A pipeline placed on GPUs
+# runs its training steps in the CUDA image instead (kdpipe_pipeline.make_pipeline); both can be overridden.
+IMAGE = os.environ.get("KDPIPE_IMAGE", f"ghcr.io/kdpipe/kdpipe:{__version__}-cpu")
+GPU_IMAGE = os.environ.get("KDPIPE_GPU_IMAGE", f"ghcr.io/kdpipe/kdpipe:{__version__}-cuda")
 
 
-def _component(image: str = IMAGE):
-    return dsl.component(base_image=image, install_kfp_package=False)
+def _component():
+    return dsl.component(base_image=IMAGE, install_kfp_package=False)
 
 
 @_component()
@@ -43,7 +46,7 @@ def preprocess(config_json: str, pipeline_run: str, dataset: Output[Dataset], me
         log_kfp_metrics(metrics, preprocess_step(config_json, pipeline_run, dataset.path))
 
 
-@_component(GPU_IMAGE)
+@_component()
 def prepare_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset], teacher: Output[Model],
                     metrics: Output[Metrics]):
     """`teacher` holds the fine-tuned teacher, or (metadata teacher_ref) names the configured one, used as is."""
@@ -58,7 +61,7 @@ def prepare_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset]
         teacher.metadata.update({"teacher_ref": result["teacher_ref"], "finetuned": result["finetuned"]})
 
 
-@_component(GPU_IMAGE)
+@_component()
 def evaluate_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset], teacher: Input[Model],
                      teacher_logits: Output[Artifact],
                      metrics: Output[Metrics]) -> NamedTuple("TeacherEval", metrics_json=str):
@@ -76,7 +79,7 @@ def evaluate_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset
         return (json.dumps(result["metrics"]),)
 
 
-@_component(GPU_IMAGE)
+@_component()
 def hpo_worker(config_json: str, pipeline_run: str, worker: int, dataset: Input[Dataset], teacher: Input[Model],
                teacher_logits: Input[Artifact], metrics: Output[Metrics]):
     from kdpipe_kfp.executor import fast_exit
@@ -110,7 +113,7 @@ def hpo_best(config_json: str, pipeline_run: str, dataset: Input[Dataset], given
         return json.dumps(result["params"]), result["reuse_model"]
 
 
-@_component(GPU_IMAGE)
+@_component()
 def distill_student(config_json: str, pipeline_run: str, dataset: Input[Dataset], teacher: Input[Model],
                     teacher_logits: Input[Artifact], params_json: str, best_model: Input[Model],
                     reuse_model: bool, student: Output[Model],

@@ -32,17 +32,19 @@ def pipeline_arguments(cfg: Config, distill_params: dict | None = None, encode=j
             "hpo_workers": hpo_workers(cfg)}
 
 
-def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None = None) -> dict:
+def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None = None,
+              runner: str = "subprocess") -> dict:
     """Run the whole pipeline locally; returns the summary (also written to output_dir/summary.json and to the
-    run's own folder). The run is found by a tag only this invocation sets on its parent run, so runs started
-    together in one output folder each report themselves."""
+    run's own folder). runner "subprocess": each step a process of this Python; "docker": each step in the image
+    (kdpipe_kfp.containers). The run is found by a tag only this invocation sets on its parent run, so runs
+    started together in one output folder each report themselves."""
     import uuid
 
     from kfp import local
 
     from kdpipe.recovery import driver_tags, end_lost_runs
     from kdpipe.tracking import RUN_TAG, end_unfinished, find_parent_by_tag, store_failure
-    from kdpipe_kfp.kdpipe_pipeline import make_pipeline
+    from kdpipe_kfp.kdpipe_pipeline import CPU_ONLY, make_pipeline
 
     for run_id in end_lost_runs(cfg):
         print(f"kdpipe: MLflow run {run_id} was left RUNNING by a kdpipe process that is gone: marked KILLED",
@@ -54,11 +56,18 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
     root = output_dir / "pipeline-root"
     root.mkdir(parents=True, exist_ok=True)
     before = set(root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    placement = CPU_ONLY  # locally every step runs on this machine's CPU (KFP's local runners ignore GPU requests)
+    if runner == "docker":
+        from kdpipe_kfp.containers import docker_runner
+
+        kfp_runner = docker_runner(cfg, root, placement.image)
+    else:
+        kfp_runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=kfp_runner, pipeline_root=str(root))
     started = time.perf_counter()
     failure = None
     try:
-        make_pipeline(accelerator="", gpus=0, secret="")(**pipeline_arguments(cfg, distill_params, local_safe_json))
+        make_pipeline(placement, secret="")(**pipeline_arguments(cfg, distill_params, local_safe_json))
     except RuntimeError as e:  # the local runner raises when a task fails; details are in MLflow
         failure = str(e)
     except BaseException:  # Ctrl-C or SIGTERM: end this run's MLflow runs now, not at the next run

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs kdpipe into the current Python environment: torch pinned first (CPU wheel by default; set
 # KDPIPE_TORCH_INDEX to a CUDA wheel index for GPU images), then the package with constraints.txt.
+# KDPIPE_WHEELHOUSE=DIR|URL installs from that folder of wheels only, no package index (the CPU image's build).
 # Used by scripts/setup.sh (developers, CI) and by both Dockerfiles: one install path everywhere.
 #   usage: scripts/install.sh [EXTRAS]      e.g. scripts/install.sh dev,k8s
 set -euo pipefail
@@ -9,7 +10,10 @@ PY=${KDPIPE_PYTHON:-python}
 EXTRAS=${1:-}
 TORCH="torch==${KDPIPE_TORCH_VERSION:-2.13.0}"
 PIP=("$PY" -m pip install -q --disable-pip-version-check)
-if [ -n "${KDPIPE_TORCH_INDEX:-}" ]; then
+if [ -n "${KDPIPE_WHEELHOUSE:-}" ]; then
+  PIP+=(--no-index --find-links "$KDPIPE_WHEELHOUSE")
+fi
+if [ -n "${KDPIPE_TORCH_INDEX:-}" ] && [ -z "${KDPIPE_WHEELHOUSE:-}" ]; then
   "${PIP[@]}" --index-url "$KDPIPE_TORCH_INDEX" "$TORCH"
 else
   "${PIP[@]}" "$TORCH"

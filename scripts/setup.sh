@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
-KDPIPE_PYTHON=.venv/bin/python KDPIPE_EDITABLE=1 bash scripts/install.sh dev,k8s
+KDPIPE_PYTHON=.venv/bin/python KDPIPE_EDITABLE=1 bash scripts/install.sh dev,k8s,docker

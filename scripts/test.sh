@@ -11,5 +11,8 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     echo "PostgreSQL server missing: run 'sudo apt-get install postgresql' (needed by tests/test_hpo.py)" >&2
   fi
 fi
+# tests/test_containers.py builds the image and runs the demo in it: a Docker engine must answer (as root on a
+# fresh machine this installs Debian's docker.io and starts dockerd).
+bash scripts/docker-engine.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=30 "$@"

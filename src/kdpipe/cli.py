@@ -71,9 +71,13 @@ def cmd_run(args) -> int:
     from kdpipe_kfp.local import run_local  # the KFP layer, imported only by the commands that need it
 
     cfg = load_config(args.config, args.set)
+    if args.runner == "docker":
+        from kdpipe_kfp.containers import check_topology
+
+        check_topology(cfg)
     check_all(cfg)
     signal.signal(signal.SIGTERM, _interrupted)  # as Ctrl-C: the run's MLflow runs are ended KILLED
-    summary = run_local(cfg, args.output_dir or cfg.output_dir)
+    summary = run_local(cfg, args.output_dir or cfg.output_dir, runner=args.runner)
     print_summary(summary)
     print(f"  summary: {Path(summary['pipeline_root']) / 'summary.json'} (also the output folder's latest)")
     return {"promoted": EXIT_OK, "gate_failed": EXIT_GATE_FAILED, "bad_input": EXIT_BAD_INPUT}.get(
@@ -87,9 +91,115 @@ def _interrupted(signum, frame):
 def cmd_compile(args) -> int:
     from kdpipe_kfp.kdpipe_pipeline import compile_pipeline
 
-    path = compile_pipeline(args.output, accelerator=args.accelerator, gpus=args.gpus)
+    path = compile_pipeline(args.output, placement_from_args(args))
     print(f"compiled pipeline: {path}")
     return EXIT_OK
+
+
+def cmd_submit(args) -> int:
+    from kdpipe.config import load_config
+    from kdpipe_kfp import cluster
+
+    cfg = load_config(args.config, args.set)
+    cluster.check_portable(cfg)  # before anything is sent
+    placement = placement_from_args(args)
+    name = args.name or f"kdpipe-{cfg.tracking.experiment}"
+    if args.dry_run:
+        print(json.dumps({"host": args.host, **cluster.request(cfg, placement, args.experiment, name)}, indent=2))
+        return EXIT_OK
+    sent = cluster.submit(cfg, args.host, placement, args.experiment, name)
+    print(f"submitted run {sent['run_id']} ({sent['pipeline_version']}, experiment {args.experiment}): {sent['link']}")
+    if not args.wait:
+        return EXIT_OK
+    signal.signal(signal.SIGTERM, _interrupted)
+    summary = cluster.follow(sent, cfg, args.timeout)
+    if "timings" in summary:
+        from kdpipe.summary import print_summary
+
+        print_summary(summary)
+    else:  # MLflow is not reachable from here: the KFP state is all there is
+        print(f"kdpipe run {sent['run_id']} -> {summary['status'].upper()} (gate decision: see MLflow at "
+              f"{cfg.tracking.uri})" + "".join(f"\n  error: {e}" for e in summary["errors"]))
+    return {"promoted": EXIT_OK, "gate_failed": EXIT_GATE_FAILED, "bad_input": EXIT_BAD_INPUT,
+            "succeeded": EXIT_OK}.get(summary["status"], EXIT_ERROR)
+
+
+def cmd_schedule(args) -> int:
+    from kdpipe_kfp import cluster
+
+    if args.list:
+        for s in cluster.list_schedules(args.host):
+            print(f"{s['name']}\t{s['cron']}\t{s['mode']}\t{s['id']}")
+        return EXIT_OK
+    if args.delete:
+        deleted = cluster.delete_schedule(args.host, args.delete)
+        print(f"deleted schedule {args.delete} ({', '.join(deleted)})")
+        return EXIT_OK
+    from kdpipe.config import load_config
+    from kdpipe.errors import ConfigError
+
+    if not args.config or not args.cron:
+        raise ConfigError("kdpipe schedule: give CONFIG and --cron (or --list, or --delete NAME)")
+    cfg = load_config(args.config, args.set)
+    cluster.check_cron(args.cron)
+    cluster.check_portable(cfg)
+    placement = placement_from_args(args)
+    name = args.name or f"kdpipe-{cfg.tracking.experiment}"
+    if args.dry_run:
+        print(json.dumps({"host": args.host, "cron": args.cron, **cluster.request(cfg, placement, args.experiment,
+                                                                                  name)}, indent=2))
+        return EXIT_OK
+    made = cluster.schedule(cfg, args.host, placement, args.experiment, name, args.cron)
+    print(f"scheduled {name} ({made['cron']}, one run at a time, no catch-up): {made['recurring_run_id']}"
+          + (f"; replaced {', '.join(made['replaced'])}" if made["replaced"] else ""))
+    return EXIT_OK
+
+
+def add_placement_args(p: argparse.ArgumentParser) -> None:
+    """Where the steps run on the cluster (compile, submit, schedule)."""
+    p.add_argument("--accelerator", default="nvidia.com/gpu", help='GPU resource of the training steps ("" = none)')
+    p.add_argument("--gpus", type=int, default=1, help="GPUs per training step (0 = CPU only)")
+    p.add_argument("--node-selector", action="append", default=[], metavar="LABEL=VALUE",
+                   help="schedule the training steps on nodes with this label (repeatable)")
+    p.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT",
+                   help="let the training steps run on nodes with this taint, e.g. nvidia.com/gpu:NoSchedule")
+    p.add_argument("--image", help="image of every step (default: the tag scripts/build-images.sh builds)")
+    p.add_argument("--gpu-image", help="image of the training steps on GPUs (default: the CUDA tag)")
+
+
+def add_cluster_args(p: argparse.ArgumentParser, config_required: bool = True) -> None:
+    p.add_argument("config", nargs=None if config_required else "?", help="YAML config (see docs/config.md)")
+    p.add_argument("--host", required=True, help="the KFP API endpoint (as for kfp.Client; KF_PIPELINES_ENDPOINT)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--experiment", default="kdpipe", help="KFP experiment (default: kdpipe)")
+    p.add_argument("--name", help="run or schedule name (default: kdpipe-<tracking.experiment>)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be sent; contact nothing")
+    add_placement_args(p)
+
+
+def placement_from_args(args):
+    from kdpipe.errors import ConfigError
+    from kdpipe_kfp.kdpipe_pipeline import Placement
+
+    selector = {}
+    for item in args.node_selector:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--node-selector {item!r}: give LABEL=VALUE, e.g. cloud.google.com/gke-accelerator=nvidia-l4")
+        selector[key] = value
+    tolerations = []
+    for item in args.toleration:
+        taint, sep, effect = item.rpartition(":")
+        if not sep or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute") or not taint:
+            raise ConfigError(f"--toleration {item!r}: give KEY[=VALUE]:EFFECT with EFFECT NoSchedule, "
+                              f"PreferNoSchedule or NoExecute")
+        key, eq, value = taint.partition("=")
+        tolerations.append({"key": key, "operator": "Equal" if eq else "Exists", "value": value or None,
+                            "effect": effect})
+    defaults = Placement()
+    return Placement(accelerator=args.accelerator, gpus=args.gpus, node_selector=selector,
+                     tolerations=tuple(tolerations), image=args.image or defaults.image,
+                     gpu_image=args.gpu_image or defaults.gpu_image)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,13 +210,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config (see docs/config.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--output-dir", help="pipeline root and summary.json (default: the config's output_dir)")
+    p.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                   help="subprocess: each step a local process (the embedded demo); docker: each step in the "
+                        "built image, tracking to an MLflow server (see docs/operations.md)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="write the pipeline YAML for a Kubeflow cluster")
     p.add_argument("-o", "--output", default="kdpipe_pipeline.yaml")
-    p.add_argument("--accelerator", default="nvidia.com/gpu", help='GPU resource of the training steps ("" = none)')
-    p.add_argument("--gpus", type=int, default=1)
+    add_placement_args(p)
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("submit", help="run the pipeline on a Kubeflow Pipelines server")
+    add_cluster_args(p)
+    p.add_argument("--wait", action="store_true", help="follow the run to its end; exit code as kdpipe run")
+    p.add_argument("--timeout", type=float, default=24 * 3600, help="seconds --wait waits (default: a day)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("schedule", help="a recurring run on a Kubeflow Pipelines server (replaces one of the same name)")
+    add_cluster_args(p, config_required=False)
+    p.add_argument("--cron", help='6-field cron (seconds first), e.g. "0 0 3 * * *" for 03:00 daily')
+    p.add_argument("--list", action="store_true", help="list the schedules on the server")
+    p.add_argument("--delete", metavar="NAME", help="delete the schedule NAME")
+    p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("validate-tokenizers", help="check that teacher and student produce identical input ids")
     p.add_argument("--teacher", required=True, help="model id or directory")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from pathlib import Path
 from typing import Literal
@@ -13,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdpipe.errors import ConfigError
+from kdpipe.sources import is_remote_model, is_url
 from kdpipe.task import MULTI, SINGLE
 
 ProblemType = Literal["auto", SINGLE, MULTI]
@@ -30,8 +30,10 @@ class _Section(BaseModel):
 class TeacherConfig(_Section):
     """The fine-tuned (or to be fine-tuned) classifier to distil."""
 
-    model: str = Field(description="the teacher: Hub id, local directory saved with save_pretrained, or "
-                                   "`module:<python package>` exposing get_model_path()")
+    model: str = Field(description="the teacher: Hub id, local directory saved with save_pretrained, object-store "
+                                   "folder (`s3://bucket/teacher/`), registered MLflow model (`models:/name@alias` or "
+                                   "`models:/name/3`), or `module:<python package>` exposing get_model_path(); "
+                                   "remote ones are fetched by each step that loads them")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
     finetune: Literal["auto", "always", "never"] = Field(
         "auto", description="`auto`: fine-tune first only when the teacher is not yet a classifier for these labels "
@@ -45,8 +47,8 @@ class TeacherConfig(_Section):
 class StudentConfig(_Section):
     """The small model trained to imitate the teacher. Set exactly one of `model` or `layers`."""
 
-    model: str | None = Field(None, description="the student: Hub id or local directory; its tokenizer must match "
-                                                "the teacher's (checked before training)")
+    model: str | None = Field(None, description="the student: any reference `teacher.model` takes; its tokenizer "
+                                                "must match the teacher's (checked before training)")
     revision: str | None = Field(None, description="Hub revision for `student.model`")
     layers: list[int] | None = Field(None, description="derive the student from the (fine-tuned) teacher, keeping "
                                                        "these encoder layers, e.g. `[0, 5]` (DistilBERT-style init: "
@@ -70,8 +72,9 @@ class DataConfig(_Section):
 
     dataset: str | None = Field(None, description="a Hub dataset id; then `train`/`validation`/`test` are split names")
     dataset_config: str | None = Field(None, description="the Hub dataset's config name (e.g. `sst2` for `glue`)")
-    train: str = Field(description="training file (csv, tsv, jsonl, parquet) or split name")
-    validation: str = Field(description="validation file or split name (metrics, gate, ONNX checks)")
+    train: str = Field(description="training file (csv, tsv, jsonl, parquet): a path, or a URL (`s3://`, `gs://`, "
+                                   "`hf://`, `https://`; credentials from the environment), or a split name")
+    validation: str = Field(description="validation file (path or URL) or split name (metrics, gate, ONNX checks)")
     test: str | None = Field(None, description="optional test file or split; may be unlabelled")
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
         "auto", description="`auto` (from the extension: .csv, .tsv/.txt, .jsonl/.json, .parquet), `csv`, `tsv`, "
@@ -354,13 +357,10 @@ def _format_errors(err: ValidationError, source: str) -> str:
 
 
 def resolve_model_ref(ref: str, base: Path | None = None) -> str:
-    """`module:pkg` -> pkg.get_model_path(); an existing path (relative to base) -> absolute; else a Hub id."""
-    if ref.startswith("module:"):
-        name = ref.removeprefix("module:")
-        try:
-            return str(importlib.import_module(name).get_model_path())
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"model {ref!r}: cannot import {name}.get_model_path() ({e}); pip install the package") from e
+    """An existing path (relative to base) -> absolute. Anything else is left as given: a Hub id, or a reference
+    the step that loads it fetches (module:, models:/, a URL; see kdpipe.sources)."""
+    if is_remote_model(ref):
+        return ref
     for candidate in ([base / ref] if base else []) + [Path(ref)]:
         if candidate.exists():
             return str(candidate.resolve())
@@ -385,13 +385,13 @@ def _resolve_paths(cfg: Config, base: Path, overridden: set[str]) -> None:
     if d.dataset is None:
         for field in ("train", "validation", "test"):
             value = getattr(d, field)
-            if value is None:
+            if value is None or is_url(value):  # a URL is fetched by the step that reads it
                 continue
             path = origin(f"data.{field}") / value
             if not path.is_file():
                 raise ConfigError(f"data.{field}: file not found: {path}")
             setattr(d, field, str(path.resolve()))
-    if d.label_names_file:
+    if d.label_names_file and not is_url(d.label_names_file):
         path = origin("data.label_names_file") / d.label_names_file
         if not path.is_file():
             raise ConfigError(f"data.label_names_file: file not found: {path}")

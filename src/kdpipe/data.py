@@ -15,6 +15,7 @@ import numpy as np
 
 from kdpipe.config import Config, DataConfig
 from kdpipe.errors import DataError
+from kdpipe.sources import fetch_file, is_url, local_model
 from kdpipe.task import MULTI, SINGLE, LabelSchema
 
 SPLITS = ("train", "validation", "test")
@@ -81,8 +82,19 @@ def _builder_args(path: str, fmt: str, cfg: DataConfig) -> tuple[str, dict]:
                    "features": datasets.Features({n: datasets.Value("string") for n in names or []})}
 
 
-def read_table(path: str, cfg: DataConfig):
-    """One local data file as a datasets.Dataset."""
+def read_table(path: str, cfg: DataConfig, key: str = "data file"):
+    """One data file as a datasets.Dataset: a local path, or a URL (s3://, gs://, hf://, https://) fetched first.
+    Every message names the file as configured."""
+    if not is_url(path):
+        return _read_local_table(path, cfg)
+    local = fetch_file(path, key)
+    try:
+        return _read_local_table(local, cfg)
+    except DataError as e:
+        raise DataError(str(e).replace(local, path)) from None
+
+
+def _read_local_table(path: str, cfg: DataConfig):
     import datasets
 
     fmt = _file_format(path, cfg.format)
@@ -160,7 +172,7 @@ def read_split(cfg: DataConfig, name: str) -> RawSplit:
     where = getattr(cfg, name)
     if cfg.dataset:
         return RawSplit(name, f"{cfg.dataset}[{where}]", _read_hub_split(cfg, where))
-    return RawSplit(name, where, read_table(where, cfg))
+    return RawSplit(name, where, read_table(where, cfg, f"data.{name}"))
 
 
 def read_splits(cfg: DataConfig) -> tuple[dict[str, RawSplit], list[str] | None]:
@@ -176,7 +188,9 @@ def declared_label_names(cfg: DataConfig) -> list[str] | None:
     if cfg.label_names is not None:
         return list(cfg.label_names)
     if cfg.label_names_file:
-        names = [line.strip() for line in Path(cfg.label_names_file).read_text().splitlines() if line.strip()]
+        source = cfg.label_names_file
+        local = fetch_file(source, "data.label_names_file") if is_url(source) else source
+        names = [line.strip() for line in Path(local).read_text().splitlines() if line.strip()]
         if not names:
             raise DataError(f"{cfg.label_names_file}: no label names in it (one name per line)")
         return names
@@ -384,7 +398,7 @@ def preprocess(cfg: Config, out_dir: str | Path, tokenizer=None) -> dict:
 
     out_dir = Path(out_dir)
     splits, schema = load_and_validate(cfg.data)
-    tokenizer = tokenizer or load_tokenizer(cfg.teacher.model, cfg)
+    tokenizer = tokenizer or load_tokenizer(local_model(cfg, "teacher"), cfg)
     dd, fingerprints, sizes = {}, {}, {}
     for name, (texts, labels) in splits.items():
         columns = tokenize(tokenizer, texts, cfg.data.max_length)

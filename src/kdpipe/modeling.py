@@ -23,11 +23,17 @@ def _fail(ref: str, what: str, e: Exception) -> ModelError:
 PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-def inspect_model(ref: str, key: str, trust_remote_code: bool = False, revision: str | None = None) -> dict | None:
+def inspect_model(ref: str, key: str, trust_remote_code: bool = False, revision: str | None = None,
+                  tracking_uri: str = "") -> dict | None:
     """The model's config.json, once what loading would refuse later is checked (in seconds, before any training):
-    weights in safetensors form, no custom code unless trusted. A local folder is read directly; a Hub id through
-    the Hub API (None when HF_HUB_OFFLINE is set: the steps check again when they load it)."""
-    if Path(ref).is_dir():
+    weights in safetensors form, no custom code unless trusted. A local folder is read directly; a remote one
+    (module:, models:/, a URL) by listing it; a Hub id through the Hub API (None when HF_HUB_OFFLINE is set: the
+    steps check again when they load it)."""
+    from kdpipe.sources import is_remote_model, model_files
+
+    if is_remote_model(ref):
+        files, read = model_files(ref, key, tracking_uri)
+    elif Path(ref).is_dir():
         files = {p.name for p in Path(ref).iterdir()}
 
         def read(name):
@@ -157,7 +163,9 @@ def build_student(cfg, teacher_dir: str, schema):
     if cfg.student.layers is not None:
         teacher = load_classifier(teacher_dir, schema, cfg.trust_remote_code, what="teacher")
         return derive_student(teacher, cfg.student.layers)
-    return load_classifier(cfg.student.model, schema, cfg.trust_remote_code, cfg.student.revision, what="student.model")
+    from kdpipe.sources import local_model
+
+    return load_classifier(local_model(cfg, "student"), schema, cfg.trust_remote_code, cfg.student.revision, what="student.model")
 
 
 def count_parameters(model) -> int:

@@ -16,8 +16,8 @@ TIMEOUT_S = 3
 
 
 def check_all(cfg: Config) -> None:
+    check_tracking(cfg)  # first: a registered model (models:/...) is looked up there
     check_models(cfg)
-    check_tracking(cfg)
     check_hpo_storage(cfg)
     check_local_inputs(cfg)
 
@@ -45,9 +45,10 @@ def check_models(cfg: Config) -> None:
     teacher's layers."""
     from kdpipe.modeling import inspect_model
 
-    teacher = inspect_model(cfg.teacher.model, "teacher.model", cfg.trust_remote_code, cfg.teacher.revision)
+    uri = cfg.tracking.uri
+    teacher = inspect_model(cfg.teacher.model, "teacher.model", cfg.trust_remote_code, cfg.teacher.revision, uri)
     if cfg.student.model:
-        inspect_model(cfg.student.model, "student.model", cfg.trust_remote_code, cfg.student.revision)
+        inspect_model(cfg.student.model, "student.model", cfg.trust_remote_code, cfg.student.revision, uri)
     layers = (teacher or {}).get("num_hidden_layers")
     if cfg.student.layers and layers is not None and max(cfg.student.layers) >= layers:
         raise ConfigError(f"student.layers {cfg.student.layers}: the teacher {cfg.teacher.model!r} has {layers} "

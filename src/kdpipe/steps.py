@@ -59,7 +59,7 @@ def evaluate_teacher_step(ctx: StepContext, dataset_dir: str, teacher_dir: str, 
                           logits_dir: str) -> dict:
     from kdpipe.teacher import evaluate_teacher, teacher_source
 
-    return evaluate_teacher(ctx.cfg, dataset_dir, teacher_source(teacher_dir, teacher_ref), logits_dir)
+    return evaluate_teacher(ctx.cfg, dataset_dir, teacher_source(ctx.cfg, teacher_dir, teacher_ref), logits_dir)
 
 
 def hpo_worker_step(config, pipeline_run: str, dataset_dir: str, teacher_dir: str, teacher_ref: str,
@@ -88,7 +88,7 @@ def _hpo_trials(cfg, pipeline_run, dataset_dir, teacher_dir, teacher_ref, logits
                               f"hpo.workers={cfg.hpo.workers}: the pipeline parameter hpo_workers must be "
                               f"{list(range(cfg.hpo.workers)) if cfg.hpo.enabled else []} (kdpipe run sets it)")
         # Trial models are scratch: with hpo.reuse_best_model each is logged to its trial run, where hpo-best finds it.
-        return run_trials(cfg, dataset_dir, teacher_source(teacher_dir, teacher_ref), logits_dir, work,
+        return run_trials(cfg, dataset_dir, teacher_source(cfg, teacher_dir, teacher_ref), logits_dir, work,
                           trial_log=TrialRuns(cfg, pipeline_run, hpo_id), worker=worker)
 
 
@@ -147,7 +147,7 @@ def distill_step(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_r
     if reuse_model_dir:
         result = adopt_model(ctx.cfg, dataset_dir, Path(reuse_model_dir) / MODEL_DIR, student_dir, params)
     else:
-        result = distill_student(ctx.cfg, dataset_dir, teacher_source(teacher_dir, teacher_ref), logits_dir,
+        result = distill_student(ctx.cfg, dataset_dir, teacher_source(ctx.cfg, teacher_dir, teacher_ref), logits_dir,
                                  student_dir, params, measure_latency=True, keeper=ctx.checkpoints())
     ctx.log_params(result["params"], prefix="distillation.")
     ctx.log_history("eval_loss", [(int(round(h["epoch"])), h["eval_loss"]) for h in result.pop("epoch_history", [])])

@@ -10,6 +10,7 @@ import numpy as np
 from kdpipe.config import Config
 from kdpipe.data import load_prepared
 from kdpipe.errors import DataError
+from kdpipe.sources import fetch_model, local_model
 from kdpipe.metrics import compute_metrics
 from kdpipe.modeling import (classifier_mismatch, count_parameters, load_classifier, load_tokenizer, predict_logits,
                              torch_latency_ms)
@@ -20,7 +21,7 @@ LOGITS_FILE = "teacher_logits.safetensors"
 def teacher_needs_finetuning(cfg: Config, schema) -> tuple[bool, str]:
     if cfg.teacher.finetune == "always":
         return True, "teacher.finetune is 'always'"
-    reason = classifier_mismatch(cfg.teacher.model, schema, cfg.trust_remote_code, cfg.teacher.revision)
+    reason = classifier_mismatch(local_model(cfg, "teacher"), schema, cfg.trust_remote_code, cfg.teacher.revision)
     if cfg.teacher.finetune == "never":
         if reason:
             raise DataError(f"teacher.model {cfg.teacher.model!r} is not a classifier for these labels ({reason}) and "
@@ -36,8 +37,8 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, kee
     prep = load_prepared(data_dir)
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(prep.tokenizer_dir)
-    model = load_classifier(cfg.teacher.model, prep.schema, cfg.trust_remote_code, cfg.teacher.revision,
-                            what="teacher.model")
+    source = local_model(cfg, "teacher")
+    model = load_classifier(source, prep.schema, cfg.trust_remote_code, cfg.teacher.revision, what="teacher.model")
     t = cfg.teacher
     args = training_arguments(out_dir / "checkpoints", epochs=t.epochs, learning_rate=t.learning_rate,
                               batch_size=t.batch_size, eval_batch_size=cfg.distillation.eval_batch_size,
@@ -48,7 +49,7 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, kee
                                   eval_dataset=prep.dataset["validation"], data_collator=KDCollator(tokenizer),
                                   alpha=1.0, loss_name=prep.schema.loss())
     d = cfg.distillation  # its seed and precision settings train the teacher too
-    run_key = f"{cfg.teacher.model_dump_json()}|{d.seed}|{d.mixed_precision}|{prep.info['fingerprints']['train']}"
+    run_key = f"{cfg.teacher.model_dump_json()}|{source}|{d.seed}|{d.mixed_precision}|{prep.info['fingerprints']['train']}"
     stats = train(trainer, out_dir / "checkpoints", run_key, keeper)
     model.save_pretrained(str(out_dir / "model"), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir / "model"))
@@ -58,9 +59,10 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, kee
     return {"model_dir": str(out_dir / "model"), "metrics": metrics, **stats}
 
 
-def teacher_source(teacher_dir: str | Path, teacher_ref: str) -> str:
-    """What prepare-teacher handed on: its fine-tuned model (teacher_ref "") or the configured teacher as is."""
-    return teacher_ref or str(Path(teacher_dir) / "model")
+def teacher_source(cfg: Config, teacher_dir: str | Path, teacher_ref: str) -> str:
+    """What prepare-teacher handed on: its fine-tuned model (teacher_ref "") or the configured teacher as is
+    (fetched here when it is remote: each step may be a pod of its own)."""
+    return fetch_model(teacher_ref, "teacher.model", cfg.tracking.uri) if teacher_ref else str(Path(teacher_dir) / "model")
 
 
 def save_logits(path: Path, logits: np.ndarray, fingerprint: str, model: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kdpipe.errors import TokenizerMismatch
+from kdpipe.sources import local_model
 
 # Probes for normalization: casing, accents, unicode forms, whitespace, punctuation, digits, emoji.
 PROBES = ["Hello WORLD", "Café naïve résumé", "ＦＵＬＬ width", "tabs\tand  spaces", "don't-stop!!", "3.14 1,000", "🙂 ok"]
@@ -67,12 +68,12 @@ def validate_tokenizers(cfg, out_file=None, n_samples: int = 1000) -> dict:
 
     from kdpipe.modeling import load_tokenizer
 
-    teacher = load_tokenizer(cfg.teacher.model, cfg, cfg.teacher.revision, what="teacher.model")
+    teacher = load_tokenizer(local_model(cfg, "teacher"), cfg, cfg.teacher.revision, what="teacher.model")
     if cfg.student.layers is not None:
         report = {"match": True, "problems": [], "texts_checked": 0,
                   "note": "student derived from the teacher's layers: it shares the teacher's tokenizer"}
     else:
-        student = load_tokenizer(cfg.student.model, cfg, cfg.student.revision, what="student.model")
+        student = load_tokenizer(local_model(cfg, "student"), cfg, cfg.student.revision, what="student.model")
         report = compare_tokenizers(teacher, student, sample_texts(cfg, n_samples), cfg.data.max_length)
     if out_file:
         from pathlib import Path

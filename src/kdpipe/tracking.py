@@ -17,6 +17,7 @@ from kdpipe import __version__
 from kdpipe.errors import KdpipeError
 
 RUN_TAG, ROLE_TAG, ERROR_TAG = "kdpipe.pipeline_run", "kdpipe.role", "kdpipe.error"
+IMAGE_TAG, IN_IMAGE_ENV = "kdpipe.image", "KDPIPE_IN_IMAGE"  # the image a step ran in, as its image sets it
 BAD_INPUT_TAG = "kdpipe.bad_input"  # "true" on a step run that failed on bad input: a retry would fail the same way
 TRIAL_MODEL = "trial_model"  # a trial run's model, logged only with hpo.reuse_best_model
 
@@ -203,6 +204,9 @@ def step_run(cfg, pipeline_run: str, step: str, run_id: str | None = None):
                                    parent_run_id=parent_run_id(cfg, pipeline_run),
                                    tags={RUN_TAG: pipeline_run, ROLE_TAG: step})
     with started as run, failures_recorded(cfg, run.info.run_id):
+        image = os.environ.get(IN_IMAGE_ENV)
+        if image:  # set by the image (docker/Dockerfile): which build this step ran in
+            mlflow.set_tags({IMAGE_TAG: image, "kdpipe.git_sha": os.environ.get("KDPIPE_GIT_SHA", "")})
         yield run
 
 
