@@ -6,6 +6,7 @@ parameter. A config that names something only this machine has is refused before
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from kdpipe.config import Config
 from kdpipe.errors import ConfigError
-from kdpipe.sources import is_remote_model, is_url
+from kdpipe.sources import is_remote_model, is_url, looks_like_path
 from kdpipe_kfp.containers import check_topology
 from kdpipe_kfp.kdpipe_pipeline import Placement, compile_pipeline
 from kdpipe_kfp.local import INVOCATION_TAG, pipeline_arguments
@@ -33,7 +34,7 @@ def check_portable(cfg: Config) -> None:
         if value and not is_url(value):
             raise ConfigError(f"{key} {value}: a path on this machine; {fix}")
     for key, ref in (("teacher.model", cfg.teacher.model), ("student.model", cfg.student.model)):
-        if ref and not is_remote_model(ref) and (Path(ref).exists() or ref.startswith(("/", "./", "../", "~"))):
+        if ref and not is_remote_model(ref) and looks_like_path(ref):
             raise ConfigError(f"{key} {ref}: a folder on this machine; {fix}")
     check_topology(cfg, "kdpipe submit/schedule")
 
@@ -63,14 +64,23 @@ def compiled_spec(placement: Placement, folder: str) -> tuple[Path, str]:
     return path, f"{PIPELINE_NAME}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
 
 
-def request(cfg: Config, placement: Placement, experiment: str, name: str) -> dict:
-    """What submit/schedule send: the pipeline version and the run's parameters (printed by --dry-run)."""
+@contextlib.contextmanager
+def prepared(cfg: Config, placement: Placement, experiment: str, name: str):
+    """The compiled pipeline file (while open) and what submit/schedule send: the pipeline version and the run's
+    parameters, tagged with an invocation id that finds the run's MLflow parent again."""
+    invocation = uuid.uuid4().hex
     cfg = cfg.model_copy(deep=True)
-    cfg.tracking.tags = {**cfg.tracking.tags, INVOCATION_TAG: uuid.uuid4().hex}
+    cfg.tracking.tags = {**cfg.tracking.tags, INVOCATION_TAG: invocation}
     with tempfile.TemporaryDirectory() as folder:
-        _, version = compiled_spec(placement, folder)
-    return {"pipeline": PIPELINE_NAME, "pipeline_version": version, "experiment": experiment, "name": name,
-            "parameters": pipeline_arguments(cfg)}
+        path, version = compiled_spec(placement, folder)
+        yield path, {"pipeline": PIPELINE_NAME, "pipeline_version": version, "experiment": experiment,
+                     "name": name, "parameters": pipeline_arguments(cfg), "invocation": invocation}
+
+
+def request(cfg: Config, placement: Placement, experiment: str, name: str) -> dict:
+    """What submit/schedule would send (printed by --dry-run)."""
+    with prepared(cfg, placement, experiment, name) as (_, sent):
+        return sent
 
 
 def connect(host: str):
@@ -84,21 +94,19 @@ def connect(host: str):
                           f"(e.g. http://localhost:8080 after kubectl port-forward svc/ml-pipeline-ui 8080:80)") from None
 
 
-def ensure_version(client, placement: Placement) -> tuple[str, str]:
+def ensure_version(client, path: Path, version: str) -> tuple[str, str]:
     """The pipeline's id and the id of the version holding this compiled spec, uploading only what is new."""
     import kfp_server_api
 
-    with tempfile.TemporaryDirectory() as folder:
-        path, version = compiled_spec(placement, folder)
-        pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
-        if pipeline_id is None:
-            pipeline_id = client.pipelines.pipeline_service_create_pipeline(kfp_server_api.V2beta1Pipeline(
-                display_name=PIPELINE_NAME, description="kdpipe: distil, gate, export and register a student "
-                                                        "classifier")).pipeline_id
-        found = client.list_pipeline_versions(pipeline_id, filter=_name_filter(version)).pipeline_versions or []
-        if found:
-            return pipeline_id, found[0].pipeline_version_id
-        return pipeline_id, client.upload_pipeline_version(str(path), version, pipeline_id=pipeline_id).pipeline_version_id
+    pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
+    if pipeline_id is None:
+        pipeline_id = client.pipelines.pipeline_service_create_pipeline(kfp_server_api.V2beta1Pipeline(
+            display_name=PIPELINE_NAME, description="kdpipe: distil, gate, export and register a student "
+                                                    "classifier")).pipeline_id
+    found = client.list_pipeline_versions(pipeline_id, filter=_name_filter(version)).pipeline_versions or []
+    if found:
+        return pipeline_id, found[0].pipeline_version_id
+    return pipeline_id, client.upload_pipeline_version(str(path), version, pipeline_id=pipeline_id).pipeline_version_id
 
 
 def _name_filter(name: str) -> str:
@@ -106,23 +114,22 @@ def _name_filter(name: str) -> str:
 
 
 def submit(cfg: Config, host: str, placement: Placement, experiment: str, name: str) -> dict:
-    sent = request(cfg, placement, experiment, name)
     client = connect(host)
-    pipeline_id, version_id = ensure_version(client, placement)
+    with prepared(cfg, placement, experiment, name) as (path, sent):
+        pipeline_id, version_id = ensure_version(client, path, sent["pipeline_version"])
     exp = client.create_experiment(name=experiment)
     run = client.run_pipeline(exp.experiment_id, name, params=sent["parameters"], pipeline_id=pipeline_id,
                               version_id=version_id)
-    return {**sent, "client": client, "run_id": run.run_id, "link": f"{host.rstrip('/')}/#/runs/details/{run.run_id}",
-            "invocation": json.loads(sent["parameters"]["config_json"])["tracking"]["tags"][INVOCATION_TAG]}
+    return {**sent, "client": client, "run_id": run.run_id, "link": f"{host.rstrip('/')}/#/runs/details/{run.run_id}"}
 
 
 def schedule(cfg: Config, host: str, placement: Placement, experiment: str, name: str, cron: str) -> dict:
     """A recurring run named `name`: one at a time (max concurrency 1), no catch-up of missed runs; an existing
     schedule of that name is replaced."""
     check_cron(cron)
-    sent = request(cfg, placement, experiment, name)
     client = connect(host)
-    pipeline_id, version_id = ensure_version(client, placement)
+    with prepared(cfg, placement, experiment, name) as (path, sent):
+        pipeline_id, version_id = ensure_version(client, path, sent["pipeline_version"])
     exp = client.create_experiment(name=experiment)
     replaced = [r.recurring_run_id for r in _schedules(client, name)]
     created = client.create_recurring_run(exp.experiment_id, name, cron_expression=cron, max_concurrency=1,

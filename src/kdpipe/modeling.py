@@ -29,7 +29,7 @@ def inspect_model(ref: str, key: str, trust_remote_code: bool = False, revision:
     weights in safetensors form, no custom code unless trusted. A local folder is read directly; a remote one
     (module:, models:/, a URL) by listing it; a Hub id through the Hub API (None when HF_HUB_OFFLINE is set: the
     steps check again when they load it)."""
-    from kdpipe.sources import is_remote_model, model_files
+    from kdpipe.sources import is_remote_model, looks_like_path, model_files
 
     if is_remote_model(ref):
         files, read = model_files(ref, key, tracking_uri)
@@ -38,7 +38,7 @@ def inspect_model(ref: str, key: str, trust_remote_code: bool = False, revision:
 
         def read(name):
             return (Path(ref) / name).read_text()
-    elif Path(ref).exists() or ref.startswith(("/", "./", "../", "~")) or "\\" in ref:  # a path, never a Hub id
+    elif looks_like_path(ref):
         raise ModelError(f"{key} {ref!r}: " + ("a file, not a folder" if Path(ref).exists() else "no such folder")
                          + "; give the folder a model was saved to with save_pretrained, or a Hub id")
     elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):

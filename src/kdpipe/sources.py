@@ -30,6 +30,11 @@ def is_remote_model(ref: str) -> bool:
     return ref.startswith((REGISTRY, MODULE)) or is_url(ref)
 
 
+def looks_like_path(ref: str) -> bool:
+    """A local path as written (it may not exist), never a Hub id."""
+    return Path(ref).exists() or ref.startswith(("/", "./", "../", "~")) or "\\" in ref
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("KDPIPE_CACHE") or Path.home() / ".cache" / "kdpipe")
 
@@ -117,10 +122,12 @@ def model_files(ref: str, key: str, tracking_uri: str):
                     artifact_uri=source, tracking_uri=tracking_uri)}
             except Exception as e:  # noqa: BLE001
                 raise ModelError(f"{key}: cannot list the registered model's files at {source} ({e})") from None
+
             def read(name):
-                folder = tempfile.mkdtemp(prefix="kdpipe-preflight-")
-                return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{source.rstrip('/')}/{name}",
-                                                                dst_path=folder, tracking_uri=tracking_uri)).read_text()
+                with tempfile.TemporaryDirectory(prefix="kdpipe-preflight-") as folder:
+                    return Path(mlflow.artifacts.download_artifacts(
+                        artifact_uri=f"{source.rstrip('/')}/{name}", dst_path=folder,
+                        tracking_uri=tracking_uri)).read_text()
             return files, read
     if not is_url(ref):
         return None
