@@ -13,7 +13,8 @@ from pathlib import Path
 
 from common import minilm, random_bert, save
 
-from kdpipe.export import FP32, INT8, onnx_latency_ms, quantize_int8, session, to_onnx
+from kdpipe.export import onnx_latency_ms, quantize_int8, to_onnx
+from kdpipe.serving import FP32, INT8, session
 from kdpipe.modeling import derive_student, load_classifier, torch_latency_ms
 from kdpipe.task import SINGLE, LabelSchema
 

@@ -36,14 +36,18 @@ def validate_tokenizers(config_json: str, pipeline_run: str, report: Output[Mark
 
 
 @_component()
-def preprocess(config_json: str, pipeline_run: str, dataset: Output[Dataset], metrics: Output[Metrics]):
+def preprocess(config_json: str, pipeline_run: str, dataset: Output[Dataset], metrics: Output[Metrics],
+               force: bool = False) -> bool:
+    """Returns whether to train (the single Output, for dsl.If): False when config and data are the champion's."""
     from kdpipe_kfp.executor import fast_exit
 
     with fast_exit():
         from kdpipe.steps import preprocess_step
         from kdpipe_kfp.outputs import log_kfp_metrics
 
-        log_kfp_metrics(metrics, preprocess_step(config_json, pipeline_run, dataset.path))
+        result = preprocess_step(config_json, pipeline_run, dataset.path, force)
+        log_kfp_metrics(metrics, result)
+        return result["changed"]
 
 
 @_component()
@@ -132,7 +136,8 @@ def distill_student(config_json: str, pipeline_run: str, dataset: Input[Dataset]
 
 @_component()
 def evaluate_gate(config_json: str, pipeline_run: str, dataset: Input[Dataset], student: Input[Model],
-                  teacher_metrics_json: str, student_latency_ms: float, report: Output[Markdown],
+                  teacher_logits: Input[Artifact], teacher_metrics_json: str, student_latency_ms: float,
+                  report: Output[Markdown],
                   confusion: Output[ClassificationMetrics], metrics: Output[Metrics],
                   decision_json: dsl.OutputPath(str)) -> bool:
     """Returns whether the gate passed (the single Output: KFP's local runner evaluates conditions only on that);
@@ -146,8 +151,8 @@ def evaluate_gate(config_json: str, pipeline_run: str, dataset: Input[Dataset], 
         from kdpipe.steps import gate_step
         from kdpipe_kfp.outputs import log_kfp_metrics, write_markdown
 
-        result = gate_step(config_json, pipeline_run, dataset.path, student.path, json.loads(teacher_metrics_json),
-                           student_latency_ms)
+        result = gate_step(config_json, pipeline_run, dataset.path, student.path, teacher_logits.path,
+                           json.loads(teacher_metrics_json), student_latency_ms)
         log_kfp_metrics(metrics, result)
         write_markdown(report.path, "Evaluation gate: " + ("PASSED" if result["passed"] else "FAILED"), result)
         if "confusion_matrix" in result:

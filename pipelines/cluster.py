@@ -65,7 +65,7 @@ def compiled_spec(placement: Placement, folder: str) -> tuple[Path, str]:
 
 
 @contextlib.contextmanager
-def prepared(cfg: Config, placement: Placement, experiment: str, name: str):
+def prepared(cfg: Config, placement: Placement, experiment: str, name: str, force: bool = False):
     """The compiled pipeline file (while open) and what submit/schedule send: the pipeline version and the run's
     parameters, tagged with an invocation id that finds the run's MLflow parent again."""
     invocation = uuid.uuid4().hex
@@ -74,12 +74,12 @@ def prepared(cfg: Config, placement: Placement, experiment: str, name: str):
     with tempfile.TemporaryDirectory() as folder:
         path, version = compiled_spec(placement, folder)
         yield path, {"pipeline": PIPELINE_NAME, "pipeline_version": version, "experiment": experiment,
-                     "name": name, "parameters": pipeline_arguments(cfg), "invocation": invocation}
+                     "name": name, "parameters": pipeline_arguments(cfg, force=force), "invocation": invocation}
 
 
-def request(cfg: Config, placement: Placement, experiment: str, name: str) -> dict:
+def request(cfg: Config, placement: Placement, experiment: str, name: str, force: bool = False) -> dict:
     """What submit/schedule would send (printed by --dry-run)."""
-    with prepared(cfg, placement, experiment, name) as (_, sent):
+    with prepared(cfg, placement, experiment, name, force) as (_, sent):
         return sent
 
 
@@ -113,9 +113,9 @@ def _name_filter(name: str) -> str:
     return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
 
 
-def submit(cfg: Config, host: str, placement: Placement, experiment: str, name: str) -> dict:
+def submit(cfg: Config, host: str, placement: Placement, experiment: str, name: str, force: bool = False) -> dict:
     client = connect(host)
-    with prepared(cfg, placement, experiment, name) as (path, sent):
+    with prepared(cfg, placement, experiment, name, force) as (path, sent):
         pipeline_id, version_id = ensure_version(client, path, sent["pipeline_version"])
     exp = client.create_experiment(name=experiment)
     run = client.run_pipeline(exp.experiment_id, name, params=sent["parameters"], pipeline_id=pipeline_id,

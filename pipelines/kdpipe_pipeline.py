@@ -64,37 +64,40 @@ def make_pipeline(placement: Placement = Placement(), secret: str = "kdpipe-mlfl
 
     @dsl.pipeline(name="kdpipe", description="Distil a fine-tuned transformer classifier into a small student, "
                                              "gate it, export verified ONNX and register it in MLflow.")
-    def kdpipe(config_json: str, distill_params_json: str = "", hpo_workers: list = []):  # noqa: B006 (KFP default)
+    def kdpipe(config_json: str, distill_params_json: str = "", hpo_workers: list = [],  # noqa: B006 (KFP default)
+               force: bool = False):
         finish = finish_tracking(config_json=config_json, pipeline_run=RUN)
         with dsl.ExitHandler(finish, name="tracked-run"):
             tokens = validate_tokenizers(config_json=config_json, pipeline_run=RUN)
-            data = preprocess(config_json=config_json, pipeline_run=RUN).after(tokens)
+            data = preprocess(config_json=config_json, pipeline_run=RUN, force=force).after(tokens)
             dataset = data.outputs["dataset"]
-            teacher = _on_gpu(prepare_teacher(config_json=config_json, pipeline_run=RUN, dataset=dataset),
-                              placement)
-            teacher_in = {"teacher": teacher.outputs["teacher"]}  # its metadata says whether it is the model itself
-            teval = _on_gpu(evaluate_teacher(config_json=config_json, pipeline_run=RUN, dataset=dataset, **teacher_in),
-                            placement)
-            logits = teval.outputs["teacher_logits"]
-            # HPO: one worker task per item of hpo_workers (kdpipe run sets [0..hpo.workers-1]; [] = off), all on
-            # one Optuna study; then the best trial's params go to the final distillation.
-            with dsl.ParallelFor(hpo_workers, name="hpo-workers") as worker:
-                search = _on_gpu(hpo_worker(config_json=config_json, pipeline_run=RUN, worker=worker, dataset=dataset,
-                                            teacher_logits=logits, **teacher_in), placement)
-            best = hpo_best(config_json=config_json, pipeline_run=RUN, dataset=dataset,
-                            given_params_json=distill_params_json).after(search)
-            student = _on_gpu(distill_student(config_json=config_json, pipeline_run=RUN, dataset=dataset,
-                                              teacher_logits=logits, params_json=best.outputs["params_json"],
-                                              best_model=best.outputs["best_model"],
-                                              reuse_model=best.outputs["reuse_model"], **teacher_in), placement)
-            gate = evaluate_gate(config_json=config_json, pipeline_run=RUN, dataset=dataset,
-                                 student=student.outputs["student"],
-                                 teacher_metrics_json=teval.outputs["metrics_json"],
-                                 student_latency_ms=student.outputs["latency_ms_b1"])
-            with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
-                register = export_register(config_json=config_json, pipeline_run=RUN, dataset=dataset,
-                                           student=student.outputs["student"],
-                                           decision_json=gate.outputs["decision_json"])
+            # Nothing to train when config and data are the champion's (a nightly schedule on unchanged data).
+            with dsl.If(data.outputs["Output"] == True, name="changed"):  # noqa: E712 (a KFP condition)
+                teacher = _on_gpu(prepare_teacher(config_json=config_json, pipeline_run=RUN, dataset=dataset),
+                                  placement)
+                teacher_in = {"teacher": teacher.outputs["teacher"]}  # its metadata: is it the model itself
+                teval = _on_gpu(evaluate_teacher(config_json=config_json, pipeline_run=RUN, dataset=dataset,
+                                                 **teacher_in), placement)
+                logits = teval.outputs["teacher_logits"]
+                # HPO: one worker task per item of hpo_workers (kdpipe run sets [0..hpo.workers-1]; [] = off), all on
+                # one Optuna study; then the best trial's params go to the final distillation.
+                with dsl.ParallelFor(hpo_workers, name="hpo-workers") as worker:
+                    search = _on_gpu(hpo_worker(config_json=config_json, pipeline_run=RUN, worker=worker,
+                                                dataset=dataset, teacher_logits=logits, **teacher_in), placement)
+                best = hpo_best(config_json=config_json, pipeline_run=RUN, dataset=dataset,
+                                given_params_json=distill_params_json).after(search)
+                student = _on_gpu(distill_student(config_json=config_json, pipeline_run=RUN, dataset=dataset,
+                                                  teacher_logits=logits, params_json=best.outputs["params_json"],
+                                                  best_model=best.outputs["best_model"],
+                                                  reuse_model=best.outputs["reuse_model"], **teacher_in), placement)
+                gate = evaluate_gate(config_json=config_json, pipeline_run=RUN, dataset=dataset,
+                                     student=student.outputs["student"], teacher_logits=logits,
+                                     teacher_metrics_json=teval.outputs["metrics_json"],
+                                     student_latency_ms=student.outputs["latency_ms_b1"])
+                with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
+                    register = export_register(config_json=config_json, pipeline_run=RUN, dataset=dataset,
+                                               student=student.outputs["student"],
+                                               decision_json=gate.outputs["decision_json"])
             # A retry can fix a lost node, not bad input (a step failing on bad input exits with its message).
             for task in (teacher, search, student):
                 task.set_retry(num_retries=2, backoff_duration="60s")

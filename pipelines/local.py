@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sys
 import time
@@ -25,15 +26,16 @@ def hpo_workers(cfg: Config) -> list[int]:
     return list(range(cfg.hpo.workers)) if cfg.hpo.enabled else []
 
 
-def pipeline_arguments(cfg: Config, distill_params: dict | None = None, encode=json.dumps) -> dict:
-    """The pipeline's parameters for a resolved config (the same for a local run and a cluster run)."""
+def pipeline_arguments(cfg: Config, distill_params: dict | None = None, encode=json.dumps, force: bool = False) -> dict:
+    """The pipeline's parameters for a resolved config (the same for a local run and a cluster run). `force`:
+    train even when config and data are those of the current champion."""
     return {"config_json": encode(cfg.to_dict()),
             "distill_params_json": encode(distill_params) if distill_params else "",
-            "hpo_workers": hpo_workers(cfg)}
+            "hpo_workers": hpo_workers(cfg), "force": force}
 
 
 def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None = None,
-              runner: str = "subprocess") -> dict:
+              runner: str = "subprocess", force: bool = False) -> dict:
     """Run the whole pipeline locally; returns the summary (also written to output_dir/summary.json and to the
     run's own folder). runner "subprocess": each step a process of this Python; "docker": each step in the image
     (kdpipe_kfp.containers). The run is found by a tag only this invocation sets on its parent run, so runs
@@ -66,8 +68,9 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
     local.init(runner=kfp_runner, pipeline_root=str(root))
     started = time.perf_counter()
     failure = None
+    unpatched_print = builtins.print
     try:
-        make_pipeline(placement, secret="")(**pipeline_arguments(cfg, distill_params, local_safe_json))
+        make_pipeline(placement, secret="")(**pipeline_arguments(cfg, distill_params, local_safe_json, force))
     except RuntimeError as e:  # the local runner raises when a task fails; details are in MLflow
         failure = str(e)
     except BaseException:  # Ctrl-C or SIGTERM: end this run's MLflow runs now, not at the next run
@@ -75,6 +78,10 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
         if parent is not None:
             end_unfinished(cfg, parent.info.run_id, "kdpipe run was interrupted")
         raise
+    finally:
+        # KFP's local runner indents task logs by swapping builtins.print; two tasks of a ParallelFor doing it at
+        # once can leave it swapped, and everything printed after (the summary) indented.
+        builtins.print = unpatched_print
     wall = time.perf_counter() - started
     try:
         parent = find_parent_by_tag(cfg, INVOCATION_TAG, invocation)

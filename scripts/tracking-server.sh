@@ -45,7 +45,9 @@ mkdir -p "$DIR/artifacts"
 setsid "$MLFLOW" -m mlflow server --backend-store-uri "$DB/mlflow" --artifacts-destination "$DIR/artifacts" \
   --host 127.0.0.1 --port "$PORT" --workers 1 >"$DIR/mlflow.log" 2>&1 < /dev/null &
 echo $! > "$DIR/mlflow.pid"
-for _ in $(seq 120); do
+# A first start migrates the database (tens of seconds on a busy 2-core machine): wait up to 3 minutes.
+deadline=$((SECONDS + 180))
+while [ $SECONDS -lt $deadline ]; do
   if "$MLFLOW" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=1)" 2>/dev/null; then
     echo "MLFLOW_TRACKING_URI=http://127.0.0.1:$PORT"
     echo "OPTUNA_STORAGE=$DB/optuna"
@@ -53,5 +55,5 @@ for _ in $(seq 120); do
   fi
   sleep 0.5
 done
-echo "tracking-server: mlflow server did not answer on port $PORT within 60 s; see $DIR/mlflow.log" >&2
+echo "tracking-server: mlflow server did not answer on port $PORT within 180 s; see $DIR/mlflow.log" >&2
 exit 1

@@ -91,7 +91,8 @@ def test_each_component_runs_alone_on_its_declared_inputs(store):
                     params_json=best["params_json"], reuse_model=False, **common)
     assert student["latency_ms_b1"] > 0
     student_in = {**dataset, "student": (Model, "distill-student.student")}
-    gate = s.run(evaluate_gate, student_in, teacher_metrics_json=teacher_metrics,
+    gate = s.run(evaluate_gate, {**student_in, "teacher_logits": (Artifact, "evaluate-teacher.teacher_logits")},
+                 teacher_metrics_json=teacher_metrics,
                  student_latency_ms=student["latency_ms_b1"], **common)
     decision = json.loads(gate["decision_json"])
     assert gate["Output"] is True and decision["passed"] is True and decision["metric"] == "accuracy"

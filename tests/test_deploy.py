@@ -81,3 +81,28 @@ def test_k8s_pods_non_root_and_secrets_only_placeholders(rendered):
             for key, value in d.get("stringData", {}).items():
                 if "PASSWORD" in key or "SECRET" in key:
                     assert value == "CHANGE_ME", f"{d['metadata']['name']}.{key} must stay a placeholder"
+
+
+def test_kserve_inference_service_serves_the_champion(tmp_path):
+    """KServe's CRD schema is not available offline: the InferenceService's own fields are checked here, and its
+    predictor (a core Pod spec) is validated strictly by kubernetes-validate as the Pod KServe makes of it."""
+    out = subprocess.run([shutil.which("kubectl"), "kustomize", str(ROOT / "k8s/serving")], capture_output=True,
+                         text=True, check=True).stdout
+    [isvc] = [d for d in yaml.safe_load_all(out) if d]
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    assert isvc["metadata"]["namespace"] == "kdpipe"
+    predictor = isvc["spec"]["predictor"]
+    [container] = predictor["containers"]
+    assert container["name"] == "kserve-container" and container["ports"][0]["containerPort"] == 8080
+    args = container["args"]
+    assert container["command"] == ["mlflow", "models", "serve"] and args[args.index("--port") + 1] == "8080"
+    assert args[args.index("-m") + 1].endswith("@champion")
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ping"
+    assert predictor["securityContext"]["runAsNonRoot"] is True
+    assert not any("SECRET" in e["name"] or "PASSWORD" in e["name"] for e in container.get("env", []))
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor", "namespace": "kdpipe"},
+           "spec": {"securityContext": predictor["securityContext"], "containers": [container]}}
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
+    result = subprocess.run([str(Path(__import__("sys").executable).parent / "kubernetes-validate"),
+                             "--strict", str(tmp_path / "pod.yaml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

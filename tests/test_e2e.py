@@ -7,9 +7,11 @@ import pytest
 from kdpipe.config import load_config
 from kdpipe.data import preprocess
 from kdpipe.distill import distill_student
-from kdpipe.export import OnnxClassifier, export_onnx
+from kdpipe.export import export_onnx
+from kdpipe.serving import OnnxClassifier
 from kdpipe.gate import evaluate_gate
 from kdpipe.teacher import evaluate_teacher, finetune_teacher, teacher_needs_finetuning
+from tests.serving import assert_served_as_predicted, served
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +57,7 @@ def test_sst2_minilm_to_two_layers(tmp_path, shared_data, minilm_path):
     assert [r["labels"] for r in rows] == [["1"], ["0"]]
 
 
-def test_jigsaw_multilabel(tmp_path, shared_data, minilm_path):
+def test_jigsaw_multilabel(tmp_path, shared_data, minilm_path, capsys):
     """Six sigmoid labels on real toxic comments: 200 rows to train, 100 held out (seeded split that puts
     every label in train). A sample, so the quality bar is modest: clearly better than chance."""
     import pandas as pd
@@ -85,3 +87,17 @@ def test_jigsaw_multilabel(tmp_path, shared_data, minilm_path):
     row = clf.predict(["You are a complete idiot and I hate you"])[0]
     assert list(row["scores"]) == labels and all(0.0 <= v <= 1.0 for v in row["scores"].values())
     assert not np.isclose(sum(row["scores"].values()), 1.0)  # sigmoid per label, not a softmax
+    # Registered as the pipeline registers it, the multi-label model serves text as `kdpipe predict` answers.
+    import mlflow
+
+    from kdpipe.pyfunc import log_text_model
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run():
+        info = log_text_model(tmp_path / "onnx", "toxic", ["you are great", "you idiot"])
+    mlflow.MlflowClient().set_registered_model_alias("toxic", "champion", info.registered_model_version)
+    texts = ["You are a complete idiot and I hate you", "thanks for the helpful edit", "go away , stupid troll"]
+    with served("models:/toxic@champion", uri, tmp_path / "serve.log") as url:
+        rows = assert_served_as_predicted(url, str(tmp_path / "onnx"), texts, capsys)
+    assert all(list(r["scores"]) == labels for r in rows)

@@ -8,6 +8,7 @@ import yaml
 
 from kdpipe.cli import main
 from tests.conftest import parent_and_children, registered_versions
+from tests.serving import assert_served_as_predicted, served
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,12 @@ def test_pipeline_shape_gpu_retries_and_gate():
     assert gpu == {"exec-prepare-teacher", "exec-evaluate-teacher", "exec-hpo-worker", "exec-distill-student"}
     root = spec["root"]["dag"]["tasks"]
     handler = next(t for name, t in root.items() if name.startswith("exit-handler"))
-    tasks = spec["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
+    outer = spec["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
+    # Training only when config or data changed since the champion: everything after preprocess is conditional.
+    changed = next(t for name, t in outer.items() if name.startswith("condition"))
+    assert changed["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--preprocess-Output'] == true"
+    assert outer["preprocess"]["inputs"]["parameters"]["force"]["componentInputParameter"] == "pipelinechannel--force"
+    tasks = spec["components"][changed["componentRef"]["name"]]["dag"]["tasks"]
     assert tasks["distill-student"]["retryPolicy"]["maxRetryCount"] == 2
     # HPO: a ParallelFor over the hpo_workers parameter, then hpo-best feeds distill-student.
     loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
@@ -83,12 +89,23 @@ def test_shipped_configs_load_and_compile(tmp_path, shared_data):
     assert (tmp_path / "k.yaml").is_file()
 
 
-def test_gate_passes_exports_and_registers(tiny_run, capsys):
-    out = tiny_run / "pass"
-    code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), "--set", "gate.min_metric=0.0",
-                 "--set", "tracking.registered_model=passing"])
-    printed = capsys.readouterr().out
-    summary = json.loads((out / "summary.json").read_text())
+CHAMPION_RUN = ["--set", "gate.min_metric=0.0", "--set", "tracking.registered_model=passing"]
+
+
+@pytest.fixture(scope="module")
+def first_champion(tiny_run):
+    """One passing run that registers the first champion of `passing`: (exit code, summary, printed)."""
+    import contextlib
+    import io
+
+    out, printed = tiny_run / "pass", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), *CHAMPION_RUN])
+    return code, json.loads((out / "summary.json").read_text()), printed.getvalue()
+
+
+def test_gate_passes_exports_and_registers(tiny_run, first_champion, capsys, monkeypatch):
+    code, summary, printed = first_champion
     assert code == 0, (summary, printed)
     assert summary["status"] == "promoted" and summary["gate"]["passed"]
     assert summary["teacher"]["finetuned"] is True
@@ -115,27 +132,103 @@ def test_gate_passes_exports_and_registers(tiny_run, capsys):
     assert client.get_model_version_by_alias("passing", "champion").version == versions[0].version
     # Results are written once: the step's result.json on its MLflow run, not beside its outputs.
     assert not list(run_dir.rglob("result.json")) and not list(run_dir.rglob("*.d"))
-    # The registered ONNX model loads through MLflow, and `kdpipe predict` reads the exported one.
-    import mlflow.onnx
-    mlflow.set_tracking_uri(f"sqlite:///{tiny_run}/mlflow.db")
-    assert mlflow.onnx.load_model("models:/passing@champion").graph.output[1].name == "probabilities"
-    assert main(["predict", "--model", summary["onnx"]["path"].rsplit("/", 1)[0], "a lovely film"]) == 0
+    # The registered model takes text: served by `mlflow models serve`, it answers as `kdpipe predict` does on the
+    # exported folder, and `kdpipe predict` reads it from the registry too.
+    uri, texts = f"sqlite:///{tiny_run}/mlflow.db", ["a lovely film", "dull , lifeless and far too long", "ok"]
+    with served("models:/passing@champion", uri, tiny_run / "serve.log") as url:
+        rows = assert_served_as_predicted(url, summary["onnx"]["path"].rsplit("/", 1)[0], texts, capsys)
+    assert all(set(r["scores"]) == {"0", "1"} for r in rows)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["predict", "--model", "models:/passing@champion", "a lovely film"]) == 0
+    # The model card: in the model's folder and as the registered version's description.
+    card = (run_dir / "export-register/onnx_model/README.md").read_text()
+    assert client.get_model_version("passing", versions[0].version).description == card
+    for part in ("pipeline_tag", "## Data", "## Metrics", "## Gate: passed on accuracy", "## Intended use and limits",
+                 summary["teacher"]["split"], "No champion before this version"):
+        assert part in card, part
+    import mlflow
+    signature = mlflow.models.get_model_info("models:/passing@champion").signature
+    assert signature.inputs.to_dict() == [{"type": "string", "required": True}]
 
 
-def test_hpo_with_two_workers_feeds_the_best_params_into_distillation(tiny_run, capsys):
-    from mlflow.tracking import MlflowClient
+@pytest.fixture(scope="module")
+def unchanged_rerun(tiny_run, first_champion):
+    """The first champion's run again, same config and data: (exit code, summary, printed, versions before/after)."""
+    import contextlib
+    import io
 
-    out = tiny_run / "hpo"
+    before = len(registered_versions(tiny_run, "passing"))
+    out, printed = tiny_run / "unchanged", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), *CHAMPION_RUN])
+    after = len(registered_versions(tiny_run, "passing"))
+    return code, json.loads((out / "summary.json").read_text()), printed.getvalue(), (before, after)
+
+
+def test_an_unchanged_rerun_ends_unchanged_and_force_reaches_the_pipeline(tiny_run, first_champion, unchanged_rerun):
+    """Config and data of the run that produced the champion: the pipeline stops after preprocess, exit 0, nothing
+    trained or registered. `--force` is a pipeline parameter that preprocess honours (checked on the step itself,
+    and in what submit sends)."""
+    from kdpipe.config import load_config
+    from kdpipe.steps import finish_step, preprocess_step
+    from kdpipe_kfp.cluster import request
+    from kdpipe_kfp.kdpipe_pipeline import Placement
+
+    code, summary, printed, (before, after) = unchanged_rerun
+    assert code == 0 and summary["status"] == "unchanged", (summary, printed)
+    assert f"produced champion v{first_champion[1]['registry']['version']} of passing" in summary["unchanged"]
+    assert list(summary["timings"]["steps"]) == ["validate_tokenizers", "preprocess"]
+    assert summary["registry"] is None and before == after
+    assert "UNCHANGED" in printed and "--force retrains" in printed
+    print(f"unchanged rerun: {summary['timings']['pipeline_wall_s']:.1f} s (the first run took "
+          f"{first_champion[1]['timings']['pipeline_wall_s']:.1f} s)")
+    cfg = load_config(tiny_run / "config.yaml", CHAMPION_RUN[1::2])
+    assert preprocess_step(cfg, "forced", str(tiny_run / "forced-prep"), force=True)["changed"] is True
+    assert preprocess_step(cfg, "not-forced", str(tiny_run / "unforced-prep"))["changed"] is False
+    for run in ("forced", "not-forced"):
+        finish_step(cfg, run, "SUCCEEDED")
+    assert request(cfg, Placement(), "e", "n", force=True)["parameters"]["force"] is True  # what submit --force sends
+    assert request(cfg, Placement(), "e", "n")["parameters"]["force"] is False
+
+
+@pytest.fixture(scope="module")
+def new_data_run(tiny_run, first_champion, shared_data):
+    """A second run on other data (other training rows; a labelled data.test), with HPO, registering to the same
+    model as the first champion: (exit code, summary, printed, the test rows' dev.tsv lines)."""
+    import contextlib
+    import io
+
+    out, printed = tiny_run / "hpo", io.StringIO()
+    new_data = tiny_run / "new-data"
+    new_data.mkdir()
+    train = (shared_data / "sst2/train.tsv").read_text().splitlines()
+    dev = (shared_data / "sst2/dev.tsv").read_text().splitlines()
+    (new_data / "train.tsv").write_text("\n".join(train[:1] + train[401:801]) + "\n")
+    (new_data / "test.tsv").write_text("\n".join(dev[:1] + dev[121:241]) + "\n")
     space = json.dumps({"epochs": {"type": "int", "low": 1, "high": 2},
                         "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
                         "alpha": {"type": "float", "low": 0.0, "high": 1.0}})
-    code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), "--set", "gate.min_metric=0.0",
-                 "--set", "hpo.enabled=true", "--set", "hpo.n_trials=4", "--set", "hpo.workers=2",
-                 "--set", f"hpo.storage=journal:{out}/optuna.log", "--set", f"hpo.space={space}",
-                 "--set", "hpo.reuse_best_model=true", "--set", "tracking.registered_model=searched"])
-    printed = capsys.readouterr().out
-    summary = json.loads((out / "summary.json").read_text())
+    with contextlib.redirect_stdout(printed):
+        code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), "--set", "gate.min_metric=0.0",
+                     "--set", "hpo.enabled=true", "--set", "hpo.n_trials=4", "--set", "hpo.workers=2",
+                     "--set", f"hpo.storage=journal:{out}/optuna.log", "--set", f"hpo.space={space}",
+                     "--set", "hpo.reuse_best_model=true", "--set", "tracking.registered_model=passing",
+                     "--set", f"data.train={new_data / 'train.tsv'}", "--set", f"data.test={new_data / 'test.tsv'}"])
+    return code, json.loads((out / "summary.json").read_text()), printed.getvalue(), dev[121:241]
+
+
+def test_hpo_on_new_data_judged_on_labelled_test_against_the_champion_rescored(tiny_run, first_champion,
+                                                                              new_data_run):
+    """The second run: the HPO workers fed the best params into distillation; the gate scored data.test, and the
+    champion registered by the first run was re-scored on those same rows, next to the challenger."""
+    from mlflow.tracking import MlflowClient
+
+    from kdpipe.pyfunc import load_registered
+
+    code, summary, printed, test_rows = new_data_run
     assert code == 0, (summary, printed)
+    # The summary is printed flush left: KFP's per-task indentation of print() was undone after the two workers.
+    assert f"kdpipe run {summary['pipeline_run']} -> PROMOTED" in printed.splitlines()
     hpo = summary["hpo"]
     assert hpo["trials"]["complete"] + hpo["trials"]["pruned"] == 4 and hpo["trials"]["running"] == 0
     run_dir = __import__("pathlib").Path(summary["pipeline_root"])
@@ -163,7 +256,84 @@ def test_hpo_with_two_workers_feeds_the_best_params_into_distillation(tiny_run, 
     import mlflow
     shipped = mlflow.artifacts.load_dict(f"runs:/{distill.info.run_id}/result.json")
     assert shipped["reused_trial_model"] is True and "train_runtime_s" not in shipped
-    assert summary["student"]["metrics"]["accuracy"] == pytest.approx(hpo["best_value"])
+    # Held out: the gate judged data.test, and so did the teacher's number it compares with.
+    gate = summary["gate"]
+    assert gate["split"] == summary["student"]["split"] == summary["teacher"]["split"] == "test" and gate["rows"] == 120
+    assert "held out" in gate["notes"][0]
+    # The first run's champion, re-scored on the same 120 test rows (its own tokenizer), beside the challenger.
+    champion = gate["champion"]
+    assert champion["version"] == first_champion[1]["registry"]["version"] and champion["rows"] == 120
+    texts = [line.split("\t")[0] for line in test_rows]
+    truth = [int(line.split("\t")[1]) for line in test_rows]
+    rescored = load_registered(f"models:/passing/{champion['version']}").predict(texts)
+    expected = sum(int(r["labels"][0]) == y for r, y in zip(rescored, truth)) / 120
+    assert champion["champion_value"] == pytest.approx(expected)
+    assert champion["challenger_value"] == pytest.approx(summary["student"]["metrics"]["accuracy"])
+    assert champion["test"] == "mcnemar" and 0.0 <= champion["p_value"] <= 1.0
+    assert champion["difference"] == pytest.approx(champion["challenger_value"] - champion["champion_value"])
+    promoted = summary["registry"]["champion"]["promoted"]
+    assert promoted == (champion["difference"] >= 0.0) == summary["gate"]["promote_to_champion"]
+    assert 0.0 <= gate["fidelity"]["teacher_agreement"] <= 1.0 and 0.0 <= gate["fidelity"]["calibration_error"] <= 1.0
+    report = (run_dir / "evaluate-gate" / "report").read_text()
+    assert f"champion v{champion['version']}" in report and "McNemar" in report
+    assert shipped["metrics"]["accuracy"] == pytest.approx(hpo["best_value"])  # validation, where HPO chose
+
+
+def test_compare_three_runs_then_promote_and_rollback(tiny_run, first_champion, unchanged_rerun, new_data_run,
+                                                      capsys):
+    """`kdpipe compare` on the three runs above (champion, unchanged, new data with HPO): the table, the HTML report
+    logged to MLflow. Then the alias moved by hand: promote, rollback, a version that never passed the gate refused
+    unless --force, and --push-to-hub failing in one line offline."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tiny_run}/mlflow.db"
+    runs = [first_champion[1], unchanged_rerun[1], new_data_run[1]]
+    html = tiny_run / "compare.html"
+    capsys.readouterr()
+    code = main(["compare", str(tiny_run / "config.yaml"), "--runs", *[r["mlflow"]["parent_run_id"] for r in runs],
+                 "--html", str(html), "--log"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = out.strip().splitlines()
+    assert lines[1].split()[:3] == ["run", "outcome", "data"] and "champion on these rows" in lines[1]
+    rows = {r["pipeline_run"]: [line for line in lines if line.startswith(r["pipeline_run"])] for r in runs}
+    assert all(len(found) == 1 for found in rows.values()), out
+    rows = {run: found[0] for run, found in rows.items()}
+    assert " unchanged " in rows[runs[1]["pipeline_run"]]
+    assert rows[runs[2]["pipeline_run"]].split()[1] in ("promoted", "challenger")
+    header = lines[1]
+    for differing in ("data.train", "data.test", "hpo.enabled"):
+        assert differing in header, header
+    page = html.read_text()
+    assert "Pareto front" in page and "HPO trials" in page and "plotly" in page and runs[2]["pipeline_run"] in page
+    client = MlflowClient(uri)
+    [logged] = client.search_runs([client.get_experiment_by_name("pipeline-test").experiment_id],
+                                  "tags.`kdpipe.role` = 'compare'")
+    assert {a.path for a in client.list_artifacts(logged.info.run_id)} == {"compare.html", "comparison.json"}
+
+    champion = str(client.get_model_version_by_alias("passing", "champion").version)
+    other = next(str(v.version) for v in client.search_model_versions("name='passing'") if str(v.version) != champion)
+    assert main(["promote", "passing", other, "--tracking-uri", uri, "--reason", "canary looked good"]) == 0
+    moved = client.get_model_version("passing", other)
+    assert "champion" in moved.aliases and moved.tags["kdpipe.previous_champion"] == champion
+    assert moved.tags["kdpipe.champion_reason"] == "kdpipe promote: canary looked good"
+    assert main(["rollback", "passing", "--tracking-uri", uri]) == 0
+    assert str(client.get_model_version_by_alias("passing", "champion").version) == champion
+    source = client.get_model_version("passing", champion)
+    never_gated = str(client.create_model_version("passing", source.source, run_id=source.run_id).version)
+    capsys.readouterr()
+    assert main(["promote", "passing", never_gated, "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "never passed kdpipe's evaluation gate" in err and "--force" in err and len(err.splitlines()) == 1
+    assert str(client.get_model_version_by_alias("passing", "champion").version) == champion
+    assert main(["promote", "passing", never_gated, "--tracking-uri", uri, "--force"]) == 0
+    assert main(["rollback", "passing", "--tracking-uri", uri, "--reason", "wrong model"]) == 0
+    assert str(client.get_model_version_by_alias("passing", "champion").version) == champion
+    capsys.readouterr()
+    assert main(["promote", "passing", champion, "--tracking-uri", uri, "--push-to-hub", "kdpipe/tiny-student"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--push-to-hub kdpipe/tiny-student: the Hugging Face Hub refused or could not be reached" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_gate_fails_nothing_exported_or_registered_and_the_run_reports_itself(tiny_run):

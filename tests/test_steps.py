@@ -139,7 +139,8 @@ def student_artifact(setup):
 
 
 def test_export_parity_metadata_int8_and_predict(setup, student_artifact, capsys):
-    from kdpipe.export import OnnxClassifier, export_onnx
+    from kdpipe.export import export_onnx
+    from kdpipe.serving import OnnxClassifier
 
     cfg, root, teacher, prep = setup
     result = export_onnx(cfg, student_artifact, root / "prep", root / "onnx")
@@ -195,7 +196,8 @@ def test_steps_that_need_no_model_import_no_torch(setup, student_artifact, tmp_p
     import subprocess
     import sys
 
-    cfg, root, _, _ = setup
+    cfg, root, teacher, _ = setup
+    evaluate_teacher(cfg, root / "prep", teacher, tmp_path / "teval")  # the teacher's logits the gate compares with
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path}/m.db"})})
     (tmp_path / "config.json").write_text(cfg.model_dump_json())
     code = f"""
@@ -203,7 +205,7 @@ import json, sys
 from pathlib import Path
 from kdpipe.steps import finish_step, gate_step, hpo_best_step
 config = Path({str(tmp_path / 'config.json')!r}).read_text()
-gate = gate_step(config, "no-torch", {str(root / 'prep')!r}, {str(student_artifact)!r},
+gate = gate_step(config, "no-torch", {str(root / 'prep')!r}, {str(student_artifact)!r}, {str(tmp_path / 'teval')!r},
                  {{"accuracy": 0.5, "macro_f1": 0.5}}, 1.0)
 best = hpo_best_step(config, "no-torch", {str(root / 'prep')!r}, {str(tmp_path / 'report.html')!r},
                      {str(tmp_path / 'best')!r}, '{{"epochs": 2}}')

@@ -53,7 +53,11 @@ gate = {"passed": True, "promote_to_champion": True, "metric": "accuracy", "valu
 (barrier / str(value)).touch()
 while len(list(barrier.iterdir())) < n:  # all registered: now they move the alias together
     time.sleep(0.01)
-print(version, take_champion_if_better(cfg, version, gate))
+# Re-judging a champion that moved meanwhile re-scores it on this run's rows; these stand-in models have only
+# their numbers, so the stand-in compares those (what is tested here is the compare-and-set under the lock).
+def rejudge(current):  # None: no champion any more
+    return current is None or value > client.get_run(client.get_model_version("m", current).run_id).data.metrics["gate_metric_value"]
+print(version, take_champion_if_better(cfg, version, gate, rejudge))
 """
 
 

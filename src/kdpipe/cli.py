@@ -17,6 +17,7 @@ def _quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def cmd_validate_tokenizers(args) -> int:
@@ -48,9 +49,14 @@ def cmd_validate_tokenizers(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from kdpipe.export import OnnxClassifier
+    if args.model.startswith(("models:/", "runs:/")):  # a registered model, from MLFLOW_TRACKING_URI's registry
+        from kdpipe.pyfunc import load_registered
 
-    clf = OnnxClassifier(args.model, int8=args.int8)
+        clf = load_registered(args.model, int8=args.int8)
+    else:
+        from kdpipe.serving import OnnxClassifier
+
+        clf = OnnxClassifier(args.model, int8=args.int8)
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         print("kdpipe: no texts to classify: give them as arguments or one per line on standard input", file=sys.stderr)
@@ -61,6 +67,60 @@ def cmd_predict(args) -> int:
         else:
             scores = ", ".join(f"{k}={v:.3f}" for k, v in sorted(row["scores"].items(), key=lambda kv: -kv[1])[:5])
             print(f"{','.join(row['labels']) or '-'}\t{scores}\t{row['text']}")
+    return EXIT_OK
+
+
+def _tracking_uri(args) -> str:
+    from kdpipe.errors import ConfigError
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ConfigError("no MLflow tracking URI: give --tracking-uri or set MLFLOW_TRACKING_URI")
+    return uri
+
+
+def cmd_promote(args) -> int:
+    from kdpipe.registry import promote
+
+    uri = _tracking_uri(args)
+    moved = promote(uri, args.name, args.version, f"kdpipe promote: {args.reason}", force=args.force)
+    print(f"{args.name}: champion v{moved['champion']} (was {'v' + moved['previous'] if moved['previous'] else 'none'})")
+    if args.push_to_hub:
+        from kdpipe.model_card import push_registered
+
+        print(f"pushed to the Hub: {push_registered(uri, args.name, moved['champion'], args.push_to_hub)}")
+    return EXIT_OK
+
+
+def cmd_rollback(args) -> int:
+    from kdpipe.registry import rollback
+
+    moved = rollback(_tracking_uri(args), args.name, args.reason)
+    print(f"{args.name}: champion back to v{moved['champion']} (was v{moved['previous']})")
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from kdpipe.compare import compare, log_report, print_table, write_html
+
+    uri, experiment = args.tracking_uri, args.experiment
+    if args.config:
+        from kdpipe.config import load_config
+
+        cfg = load_config(args.config, args.set)
+        uri, experiment = uri or cfg.tracking.uri, experiment or cfg.tracking.experiment
+    args.tracking_uri = uri
+    uri = _tracking_uri(args)
+    if not experiment and not args.runs:
+        print("kdpipe: name the runs: a CONFIG, --experiment NAME or --runs ID...", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    comparison = compare(uri, experiment or "", args.runs, args.last)
+    print_table(comparison)
+    if args.html:
+        path = write_html(comparison, args.html)
+        print(f"report: {path}")
+        if args.log:
+            print(f"logged to MLflow run {log_report(uri, experiment, comparison, path)}")
     return EXIT_OK
 
 
@@ -77,11 +137,11 @@ def cmd_run(args) -> int:
         check_topology(cfg)
     check_all(cfg)
     signal.signal(signal.SIGTERM, _interrupted)  # as Ctrl-C: the run's MLflow runs are ended KILLED
-    summary = run_local(cfg, args.output_dir or cfg.output_dir, runner=args.runner)
+    summary = run_local(cfg, args.output_dir or cfg.output_dir, runner=args.runner, force=args.force)
     print_summary(summary)
     print(f"  summary: {Path(summary['pipeline_root']) / 'summary.json'} (also the output folder's latest)")
-    return {"promoted": EXIT_OK, "gate_failed": EXIT_GATE_FAILED, "bad_input": EXIT_BAD_INPUT}.get(
-        summary["status"], EXIT_ERROR)
+    return {"promoted": EXIT_OK, "unchanged": EXIT_OK, "gate_failed": EXIT_GATE_FAILED,
+            "bad_input": EXIT_BAD_INPUT}.get(summary["status"], EXIT_ERROR)
 
 
 def _interrupted(signum, frame):
@@ -105,9 +165,10 @@ def cmd_submit(args) -> int:
     placement = placement_from_args(args)
     name = args.name or f"kdpipe-{cfg.tracking.experiment}"
     if args.dry_run:
-        print(json.dumps({"host": args.host, **cluster.request(cfg, placement, args.experiment, name)}, indent=2))
+        print(json.dumps({"host": args.host, **cluster.request(cfg, placement, args.experiment, name, args.force)},
+                         indent=2))
         return EXIT_OK
-    sent = cluster.submit(cfg, args.host, placement, args.experiment, name)
+    sent = cluster.submit(cfg, args.host, placement, args.experiment, name, args.force)
     print(f"submitted run {sent['run_id']} ({sent['pipeline_version']}, experiment {args.experiment}): {sent['link']}")
     if not args.wait:
         return EXIT_OK
@@ -120,7 +181,7 @@ def cmd_submit(args) -> int:
     else:  # MLflow is not reachable from here: the KFP state is all there is
         print(f"kdpipe run {sent['run_id']} -> {summary['status'].upper()} (gate decision: see MLflow at "
               f"{cfg.tracking.uri})" + "".join(f"\n  error: {e}" for e in summary["errors"]))
-    return {"promoted": EXIT_OK, "gate_failed": EXIT_GATE_FAILED, "bad_input": EXIT_BAD_INPUT,
+    return {"promoted": EXIT_OK, "unchanged": EXIT_OK, "gate_failed": EXIT_GATE_FAILED, "bad_input": EXIT_BAD_INPUT,
             "succeeded": EXIT_OK}.get(summary["status"], EXIT_ERROR)
 
 
@@ -213,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
                    help="subprocess: each step a local process (the embedded demo); docker: each step in the "
                         "built image, tracking to an MLflow server (see docs/operations.md)")
+    p.add_argument("--force", action="store_true", help="train even when config and data are those of the run that "
+                                                        "produced the current champion (otherwise: `unchanged`)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="write the pipeline YAML for a Kubeflow cluster")
@@ -224,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_args(p)
     p.add_argument("--wait", action="store_true", help="follow the run to its end; exit code as kdpipe run")
     p.add_argument("--timeout", type=float, default=24 * 3600, help="seconds --wait waits (default: a day)")
+    p.add_argument("--force", action="store_true", help="train even when config and data are the champion's")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("schedule", help="a recurring run on a Kubeflow Pipelines server (replaces one of the same name)")
@@ -233,6 +297,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delete", metavar="NAME", help="delete the schedule NAME")
     p.set_defaults(func=cmd_schedule)
 
+    p = sub.add_parser("compare", help="pipeline runs side by side (from MLflow); --html: a report with a Pareto plot")
+    p.add_argument("config", nargs="?", help="a config: its tracking.uri and tracking.experiment")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the config's, else $MLFLOW_TRACKING_URI)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the config's)")
+    p.add_argument("--runs", nargs="+", metavar="RUN_ID", help="these pipeline runs (MLflow parent run ids)")
+    p.add_argument("--last", type=int, help="only the newest N pipeline runs")
+    p.add_argument("--html", metavar="FILE", help="also write an HTML report with the Pareto plot")
+    p.add_argument("--log", action="store_true", help="attach the HTML report to MLflow (a `compare` run)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("promote", help="make a registered version the champion (recording the previous one)")
+    p.add_argument("name", help="registered model name")
+    p.add_argument("version", help="version to promote")
+    p.add_argument("--reason", default="by hand", help="why (recorded on the version)")
+    p.add_argument("--force", action="store_true", help="also a version that never passed the gate")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the model and its card to this Hub repo "
+                                                            "(token from HF_TOKEN)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="the champion goes back to the version it replaced")
+    p.add_argument("name", help="registered model name")
+    p.add_argument("--reason", default="by hand", help="why (recorded on the version)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+    p.set_defaults(func=cmd_rollback)
+
     p = sub.add_parser("validate-tokenizers", help="check that teacher and student produce identical input ids")
     p.add_argument("--teacher", required=True, help="model id or directory")
     p.add_argument("--student", required=True, help="model id or directory")
@@ -241,8 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1000)
     p.set_defaults(func=cmd_validate_tokenizers)
 
-    p = sub.add_parser("predict", help="labels and scores from an exported ONNX model")
-    p.add_argument("--model", required=True, help="the export folder (model.onnx + tokenizer files)")
+    p = sub.add_parser("predict", help="labels and scores from an exported or registered model")
+    p.add_argument("--model", required=True, help="the export folder (model.onnx + tokenizer files), or a registered "
+                                                  "model: models:/NAME@champion, models:/NAME/VERSION (the registry "
+                                                  "of MLFLOW_TRACKING_URI)")
     p.add_argument("--int8", action="store_true", help="use model.int8.onnx")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")

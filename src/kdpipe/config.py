@@ -144,7 +144,11 @@ class MetricsConfig(_Section):
     `roc_auc_<label>` per label (where the split has both classes) and `roc_auc_macro`."""
 
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="multi-label decision threshold on sigmoid scores "
-                                                              "(also stored in the ONNX metadata for `kdpipe predict`)")
+                                                              "(the default of every label when thresholds are not "
+                                                              "tuned, or for a label with no positive validation row)")
+    tune_thresholds: bool = Field(True, description="multi-label: each label's threshold is the one that maximizes "
+                                                    "its F1 on validation (student's scores); shipped in the model's "
+                                                    "metadata and used by the gate, `kdpipe predict` and serving")
 
 
 class GateConfig(_Section):
@@ -159,8 +163,24 @@ class GateConfig(_Section):
                                                                  "`export.latency_seq_len` tokens, must be at most "
                                                                  "this (measured by the distillation step)")
     min_improvement_over_champion: float = Field(0.0, description="a passing student takes the `champion` alias only "
-                                                                  "if it beats the current champion's metric by this "
-                                                                  "much; otherwise it is registered as `challenger`")
+                                                                  "if it beats the current champion by this much, "
+                                                                  "both scored on this run's evaluation rows; "
+                                                                  "otherwise it is registered as `challenger`")
+    require_significance: bool = Field(False, description="taking the `champion` alias also needs the paired test "
+                                                          "to find the challenger better at `significance_level` "
+                                                          "(McNemar for accuracy, a paired bootstrap interval "
+                                                          "otherwise)")
+    significance_level: float = Field(0.05, gt=0.0, lt=0.5, description="level of the paired test against the "
+                                                                         "champion")
+    bootstrap_samples: int = Field(1000, ge=100, description="resamples of the paired bootstrap (metrics other than "
+                                                             "accuracy)")
+    min_teacher_agreement: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="the student must decide as the teacher on at least this fraction of evaluation rows (top-1; "
+                    "every label, multi-label)")
+    max_calibration_error: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="the student's expected calibration error (15 bins) on the evaluation rows must be at most this")
 
 
 class ExportConfig(_Section):
@@ -173,6 +193,10 @@ class ExportConfig(_Section):
                                                             "and nothing is kept")
     max_int8_metric_drop: float = Field(0.02, ge=0, description="the int8 model is dropped if the gate's metric falls "
                                                                 "more than this below fp32")
+    max_int8_label_flip_rate: float | None = Field(
+        None, ge=0, le=1,
+        description="the int8 model is also dropped if more than this fraction of evaluation rows change their "
+                    "decision from fp32 (the rate is reported either way)")
     parity_samples: int = Field(256, ge=1, description="validation rows used for the parity check")
     latency_seq_len: int = Field(128, ge=1, description="sequence length for latency measurements")
     latency_runs: int = Field(20, ge=1, description="timed runs per latency figure (median reported)")
@@ -320,6 +344,7 @@ class Config(_Section):
         """What decides the result: tags only label the run."""
         settings = self.to_dict()
         settings["tracking"].pop("tags")
+        settings.pop("output_dir", None)  # where a local run writes its files
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

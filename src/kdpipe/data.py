@@ -405,6 +405,8 @@ def preprocess(cfg: Config, out_dir: str | Path, tokenizer=None) -> dict:
         fingerprints[name] = fingerprint(columns, labels)
         sizes[name] = len(texts)
         features = {k: datasets.Sequence(datasets.Value("int32")) for k in columns}
+        if name != "train":  # the raw texts of evaluation rows: the champion re-scores them with its own tokenizer
+            columns["text"], features["text"] = list(texts), datasets.Value("string")
         if labels is not None:
             columns["labels"] = labels.tolist()
             features["labels"] = (datasets.Sequence(datasets.Value("float32")) if schema.multi_label
@@ -437,6 +439,13 @@ class Prepared:
     @property
     def tokenizer_dir(self) -> str:
         return str(self.path / "tokenizer")
+
+    @property
+    def eval_split(self) -> str:
+        """The split the gate judges on: `test` when it has labels (held out: training, HPO and thresholds
+        select on validation), else `validation`."""
+        test = self.dataset.get("test") if hasattr(self.dataset, "get") else None
+        return "test" if test is not None and "labels" in test.column_names else "validation"
 
 
 def load_prepared(path: str | Path) -> Prepared:

@@ -1,22 +1,24 @@
 """Student step: distil the teacher into the student, from cached teacher logits (or online).
 
-The student artifact holds `model/` (safetensors + tokenizer) and the student's validation logits, computed once
-in fp32 after training: the gate and the export read them instead of running the model again."""
+The student artifact holds `model/` (safetensors + tokenizer), the student's logits on validation and on the
+evaluation split, computed once in fp32 after training (the gate and the export read them instead of running the
+model again), and its decision thresholds (multi-label, tuned on validation)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from kdpipe.config import Config
 from kdpipe.data import Prepared, load_prepared
-from kdpipe.metrics import compute_metrics
+from kdpipe.metrics import compute_metrics, tune_thresholds
 from kdpipe.modeling import (build_student, count_parameters, load_classifier, load_tokenizer, predict_logits,
                              torch_latency_ms)
-from kdpipe.teacher import load_logits, save_logits
+from kdpipe.teacher import load_logits, save_logits, split_logits_file
 
-MODEL_DIR, VALIDATION_LOGITS = "model", "validation_logits.safetensors"
+MODEL_DIR, THRESHOLDS = "model", "thresholds.json"
 
 
 def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_dir: str | Path | None,
@@ -69,15 +71,24 @@ def adopt_model(cfg: Config, data_dir: str | Path, model_dir: str | Path, out_di
 
 
 def _ship(cfg: Config, prep: Prepared, student, tokenizer, out_dir: Path, measure_latency: bool) -> dict:
-    """Save the student and its fp32 validation logits (computed here, once); metrics and latency."""
+    """Save the student, its fp32 logits on validation and on the evaluation split (computed here, once) and,
+    multi-label, its decision thresholds tuned on validation; validation metrics and latency."""
     model_dir = out_dir / MODEL_DIR
     student.save_pretrained(str(model_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(model_dir))
-    val = prep.dataset["validation"]
-    logits = predict_logits(student, val, tokenizer, cfg.distillation.eval_batch_size)
-    save_logits(out_dir / VALIDATION_LOGITS, logits, prep.info["fingerprints"]["validation"], "student")
-    result = {"metrics": compute_metrics(logits, np.asarray(val["labels"]), prep.schema, cfg.metrics.threshold),
+    logits = {}
+    for split in dict.fromkeys(["validation", prep.eval_split]):
+        logits[split] = predict_logits(student, prep.dataset[split], tokenizer, cfg.distillation.eval_batch_size)
+        save_logits(out_dir / split_logits_file(split), logits[split], prep.info["fingerprints"][split], "student")
+    labels = np.asarray(prep.dataset["validation"]["labels"])
+    thresholds = (tune_thresholds(logits["validation"], labels, prep.schema, cfg.metrics.threshold)
+                  if cfg.metrics.tune_thresholds else None)
+    (out_dir / THRESHOLDS).write_text(json.dumps(thresholds))
+    result = {"metrics": compute_metrics(logits["validation"], labels, prep.schema,
+                                         cfg.metrics.threshold if thresholds is None else thresholds),
               "parameters": count_parameters(student)}
+    if thresholds is not None:
+        result["thresholds"] = dict(zip(prep.schema.label_names, thresholds))
     if measure_latency:
         # On CPU, batch 1: the serving case the gate's max_latency_ms is about (and comparable across nodes).
         result["latency_ms_b1"] = torch_latency_ms(student.float().cpu(), 1, cfg.export.latency_seq_len,
@@ -85,6 +96,13 @@ def _ship(cfg: Config, prep: Prepared, student, tokenizer, out_dir: Path, measur
     return result
 
 
-def load_validation_logits(student_dir: str | Path, prep: Prepared) -> np.ndarray:
-    return load_logits(Path(student_dir) / VALIDATION_LOGITS, prep.info["fingerprints"]["validation"],
+def load_student_logits(student_dir: str | Path, prep: Prepared, split: str = "validation") -> np.ndarray:
+    return load_logits(Path(student_dir) / split_logits_file(split), prep.info["fingerprints"][split],
                        producer="distill-student")
+
+
+def load_thresholds(student_dir: str | Path, cfg: Config):
+    """The student's decision thresholds: per label when tuned (multi-label), else metrics.threshold."""
+    file = Path(student_dir) / THRESHOLDS
+    tuned = json.loads(file.read_text()) if file.is_file() else None
+    return cfg.metrics.threshold if tuned is None else tuned

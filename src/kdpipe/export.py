@@ -12,9 +12,8 @@ from kdpipe.config import Config
 from kdpipe.errors import ExportError
 from kdpipe.metrics import compute_metrics, measure_latency
 from kdpipe.modeling import batched_logits
+from kdpipe.serving import FP32, INT8, session
 from kdpipe.task import LabelSchema
-
-FP32, INT8 = "model.onnx", "model.int8.onnx"
 
 
 def _wrapped(model, schema: LabelSchema, input_names: list[str]):
@@ -60,12 +59,6 @@ def quantize_int8(src: Path, dst: Path) -> None:
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
 
 
-def session(path: Path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 def onnx_logits(sess, dataset, tokenizer, batch_size: int = 128) -> np.ndarray:
     names = {i.name for i in sess.get_inputs()}
     return batched_logits(dataset, tokenizer, batch_size,
@@ -97,7 +90,8 @@ def export_onnx(cfg: Config, student_dir: str | Path, data_dir: str | Path, out_
 
 
 def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
-    from kdpipe.distill import MODEL_DIR, load_validation_logits
+    from kdpipe.distill import MODEL_DIR, load_student_logits, load_thresholds
+    from kdpipe.metrics import decision_agreement
     from kdpipe.modeling import load_classifier, load_tokenizer
 
     e, schema = cfg.export, prep.schema
@@ -105,16 +99,23 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
     model = load_classifier(str(student_dir / MODEL_DIR), trust_remote_code=cfg.trust_remote_code, what="student")
     val = prep.dataset["validation"]
     labels = np.asarray(val["labels"])
-    torch_logits = load_validation_logits(student_dir, prep)  # the student's own fp32 logits, from distillation
+    thresholds = load_thresholds(student_dir, cfg)
+    torch_logits = load_student_logits(student_dir, prep)  # the student's own fp32 logits, from distillation
     input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in val.column_names]
     metadata = {"label_names": schema.label_names, "problem_type": schema.problem_type,
                 "threshold": str(cfg.metrics.threshold), "input_names": input_names,
                 "max_length": str(cfg.data.max_length), "producer": "kdpipe"}
+    if isinstance(thresholds, list):
+        metadata["thresholds"] = thresholds  # per label, tuned on validation: what predict and serving decide with
     to_onnx(model, input_names, out_dir / FP32, schema, metadata, e.opset)
     tokenizer.save_pretrained(str(out_dir))
+    split = prep.eval_split
 
-    def judged(sess):
-        return compute_metrics(onnx_logits(sess, val, tokenizer), labels, schema, cfg.metrics.threshold)
+    def scored(sess) -> tuple[dict, np.ndarray]:
+        """Metrics on validation (where int8 is judged) and logits on the evaluation split (label flips)."""
+        val_logits = onnx_logits(sess, val, tokenizer)
+        eval_logits = val_logits if split == "validation" else onnx_logits(sess, prep.dataset[split], tokenizer)
+        return compute_metrics(val_logits, labels, schema, thresholds), eval_logits
 
     rows = min(e.parity_samples, len(val))
     fp32 = session(out_dir / FP32)
@@ -122,71 +123,40 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
     if parity > e.parity_tolerance:
         raise ExportError(f"ONNX and PyTorch logits differ by {parity:.2e} on {rows} validation rows "
                           f"(export.parity_tolerance {e.parity_tolerance}); the exported model is not trusted")
-    fp32_metrics = judged(fp32)
+    fp32_metrics, fp32_eval = scored(fp32)
     result = {"path": str(out_dir / FP32), "max_abs_logit_diff": parity, "parity_rows": rows,
-              "metrics_torch": compute_metrics(torch_logits, labels, schema, cfg.metrics.threshold),
+              "metrics_torch": compute_metrics(torch_logits, labels, schema, thresholds),
               "metrics_fp32": fp32_metrics,
               "latency_ms": {"fp32_b1": onnx_latency_ms(fp32, 1, e.latency_seq_len, e.latency_runs),
                              "fp32_b32": onnx_latency_ms(fp32, 32, e.latency_seq_len, max(3, e.latency_runs // 4))},
               "size_mb": {"fp32": (out_dir / FP32).stat().st_size / 2**20}}
     if e.quantize:
-        int8 = _int8(out_dir, judged, fp32_metrics, metric, e)
-        result["latency_ms"].update(int8.pop("latency_ms"))
-        result["size_mb"]["int8"] = int8.pop("size_mb")
-        result.update(int8)
+        quantize_int8(out_dir / FP32, out_dir / INT8)
+        int8 = session(out_dir / INT8)
+        int8_metrics, int8_eval = scored(int8)
+        flips = decision_agreement(fp32_eval, int8_eval, schema, thresholds, thresholds)
+        result.update(_int8_verdict(out_dir, fp32_metrics, int8_metrics, metric, 1.0 - flips["rows"], split, e))
+        result["latency_ms"].update({"int8_b1": onnx_latency_ms(int8, 1, e.latency_seq_len, e.latency_runs),
+                                     "int8_b32": onnx_latency_ms(int8, 32, e.latency_seq_len,
+                                                                 max(3, e.latency_runs // 4))})
+        result["size_mb"]["int8"] = (out_dir / INT8).stat().st_size / 2**20 if result["int8_path"] else None
     return result
 
 
-def _int8(out_dir: Path, judged, fp32_metrics: dict, metric: str, e) -> dict:
-    """The int8 model, kept only when its `metric` (the gate's) drops by at most export.max_int8_metric_drop."""
-    quantize_int8(out_dir / FP32, out_dir / INT8)
-    int8 = session(out_dir / INT8)
-    int8_metrics = judged(int8)
+def _int8_verdict(out_dir: Path, fp32_metrics: dict, int8_metrics: dict, metric: str, flip_rate: float,
+                  split: str, e) -> dict:
+    """The int8 model is kept only when its `metric` (the gate's) drops by at most export.max_int8_metric_drop
+    on validation and, when set, at most export.max_int8_label_flip_rate of the evaluation rows change decision."""
     drop = fp32_metrics[metric] - int8_metrics[metric]
     result = {"int8_path": str(out_dir / INT8), "metrics_int8": int8_metrics, "int8_metric": metric,
-              "int8_metric_drop": drop,
-              "latency_ms": {"int8_b1": onnx_latency_ms(int8, 1, e.latency_seq_len, e.latency_runs),
-                                  "int8_b32": onnx_latency_ms(int8, 32, e.latency_seq_len, max(3, e.latency_runs // 4))},
-              "size_mb": (out_dir / INT8).stat().st_size / 2**20}
+              "int8_metric_drop": drop, "int8_label_flip_rate": flip_rate, "int8_label_flip_split": split}
+    why = []
     if drop > e.max_int8_metric_drop:
+        why.append(f"int8 {metric} drop {drop:.4f} > export.max_int8_metric_drop {e.max_int8_metric_drop}")
+    if e.max_int8_label_flip_rate is not None and flip_rate > e.max_int8_label_flip_rate:
+        why.append(f"int8 changes the decision on {flip_rate:.2%} of {split} rows > "
+                   f"export.max_int8_label_flip_rate {e.max_int8_label_flip_rate}")
+    if why:
         (out_dir / INT8).unlink()
-        result.update({"int8_path": None, "int8_rejected": f"int8 {metric} drop {drop:.4f} > "
-                                                           f"export.max_int8_metric_drop {e.max_int8_metric_drop}"})
+        result.update({"int8_path": None, "int8_rejected": "; ".join(why)})
     return result
-
-
-class OnnxClassifier:
-    """The shipped model: tokenizer files + model.onnx (or model.int8.onnx) with label names in its metadata."""
-
-    def __init__(self, model_dir: str | Path, int8: bool = False):
-        from transformers import AutoTokenizer
-
-        model_dir = Path(model_dir)
-        path = model_dir / (INT8 if int8 else FP32) if model_dir.is_dir() else model_dir
-        if not path.is_file():
-            raise ExportError(f"{path}: no ONNX model there; give the folder written by the export step")
-        try:
-            self.session = session(path)
-        except Exception as e:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...) say the file is bad
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-            raise ExportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {first}); export it again") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if "label_names" not in meta or "problem_type" not in meta:
-            raise ExportError(f"{path}: an ONNX model without kdpipe's metadata (label_names, problem_type); give a "
-                              f"folder written by kdpipe's export step")
-        self.schema = LabelSchema(meta["problem_type"], json.loads(meta["label_names"]))
-        self.labels, self.problem_type = self.schema.label_names, self.schema.problem_type
-        self.threshold = float(meta.get("threshold", 0.5))
-        self.max_length = int(meta.get("max_length", 512))
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path.parent))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ExportError(f"{path.parent}: no usable tokenizer files beside the model ({type(e).__name__}); the "
-                              f"export step writes them there") from None
-        self.inputs = [i.name for i in self.session.get_inputs()]
-
-    def predict(self, texts: list[str]) -> list[dict]:
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="np")
-        probs = self.session.run(["probabilities"], {k: enc[k].astype(np.int64) for k in self.inputs})[0]
-        return [{"text": text, "labels": names, "scores": {n: float(s) for n, s in zip(self.labels, p)}}
-                for text, p, names in zip(texts, probs, self.schema.predicted_names(probs, self.threshold))]

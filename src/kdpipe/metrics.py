@@ -28,7 +28,7 @@ def classification_metrics(predictions, references, multi_label: bool, threshold
     if not multi_label:
         return {"accuracy": float(accuracy_score(refs, preds)),
                 "macro_f1": float(f1_score(refs, preds, average="macro", zero_division=0))}
-    hard = (preds >= threshold).astype(int)
+    hard = (preds >= np.asarray(threshold)).astype(int)
     out = {"micro_f1": float(f1_score(refs, hard, average="micro", zero_division=0)),
            "macro_f1": float(f1_score(refs, hard, average="macro", zero_division=0)),
            "subset_accuracy": float(accuracy_score(refs, hard))}
@@ -41,7 +41,8 @@ def classification_metrics(predictions, references, multi_label: bool, threshold
     return out
 
 
-def compute_metrics(logits: np.ndarray, labels: np.ndarray, schema: LabelSchema, threshold: float = 0.5) -> dict[str, float]:
+def compute_metrics(logits: np.ndarray, labels: np.ndarray, schema: LabelSchema, threshold=0.5) -> dict[str, float]:
+    """`threshold`: multi-label decision threshold, one for all labels or one per label."""
     logits, labels = np.asarray(logits), np.asarray(labels)
     if not schema.multi_label:
         return classification_metrics(schema.decide(logits), labels, multi_label=False)
@@ -64,3 +65,63 @@ def measure_latency(run, runs: int = 20, warmup: int = 3) -> float:
         run()
         times.append((time.perf_counter() - t) * 1000.0)
     return statistics.median(times)
+
+
+def tune_thresholds(logits: np.ndarray, labels: np.ndarray, schema: LabelSchema, default: float,
+                    grid: np.ndarray = np.round(np.arange(0.05, 0.96, 0.05), 2)) -> list[float] | None:
+    """Multi-label: per label, the threshold on its sigmoid score that maximizes that label's F1 on these rows
+    (validation); `default` for a label with no positive row. None for single-label (argmax needs none)."""
+    if not schema.multi_label:
+        return None
+    scores, labels = schema.scores(logits), np.asarray(labels) >= 0.5
+    out = []
+    for k in range(schema.num_labels):
+        positives = labels[:, k]
+        if not positives.any():
+            out.append(float(default))
+            continue
+        hits = scores[:, k][None, :] >= grid[:, None]  # (thresholds, rows)
+        tp = (hits & positives).sum(1)
+        f1 = 2 * tp / np.maximum(hits.sum(1) + positives.sum(), 1)
+        out.append(float(grid[int(np.argmax(f1))]))  # the lowest threshold among ties
+    return out
+
+
+def decision_agreement(logits_a, logits_b, schema: LabelSchema, thresholds_a=0.5, thresholds_b=0.5) -> dict:
+    """How often two models decide the same: `rows` (the whole decision: the top-1 class, or every label of a
+    multi-label row) and, multi-label, `per_label`."""
+    a = schema.decide(schema.scores(logits_a), thresholds_a)
+    b = schema.decide(schema.scores(logits_b), thresholds_b)
+    same = a == b
+    if not schema.multi_label:
+        return {"rows": float(same.mean()) if same.size else float("nan")}
+    return {"rows": float(same.all(axis=1).mean()), "per_label": dict(zip(schema.label_names, same.mean(0).tolist()))}
+
+
+def fidelity_to_teacher(logits, teacher_logits, labels, schema: LabelSchema, thresholds, teacher_threshold) -> dict:
+    """How often the student decides as its teacher (per label too, multi-label), and its calibration."""
+    agreement = decision_agreement(logits, teacher_logits, schema, thresholds, teacher_threshold)
+    out = {"teacher_agreement": agreement["rows"], "calibration_error": expected_calibration_error(logits, labels, schema)}
+    if "per_label" in agreement:
+        out["teacher_agreement_per_label"] = agreement["per_label"]
+    return out
+
+
+def expected_calibration_error(logits, labels, schema: LabelSchema, bins: int = 15) -> float:
+    """ECE over equal-width confidence bins: single-label on the top class's probability (right or wrong);
+    multi-label the mean over labels of each label's sigmoid score against its 0/1 truth."""
+    scores, labels = schema.scores(logits), np.asarray(labels)
+    if schema.multi_label:
+        return float(np.mean([_ece(scores[:, k], labels[:, k] >= 0.5, bins) for k in range(schema.num_labels)]))
+    return _ece(scores.max(1), scores.argmax(1) == labels, bins)
+
+
+def _ece(confidence: np.ndarray, outcome: np.ndarray, bins: int) -> float:
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        rows = which == b
+        if rows.any():
+            total += rows.mean() * abs(confidence[rows].mean() - outcome[rows].mean())
+    return float(total)

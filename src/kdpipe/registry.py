@@ -6,28 +6,14 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from kdpipe.tracking import mlflow_client
-
-
-def champion(cfg, metric: str) -> tuple[str | None, float | None]:
-    """The version holding the `champion` alias and its gate metric (None when it was judged on another metric)."""
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow_client(cfg)
-    try:
-        version = client.get_model_version_by_alias(cfg.tracking.registered_model, "champion")
-    except MlflowException:
-        return None, None
-    run = client.get_run(version.run_id)
-    value = run.data.metrics.get("gate_metric_value") if run.data.tags.get("kdpipe.gate_metric") == metric else None
-    return str(version.version), value
+from kdpipe.tracking import client_for, mlflow_client
 
 
 LOCK_SUFFIX = ".kdpipe-lock"
 
 
 @contextlib.contextmanager
-def registry_lock(cfg, name: str, wait_s: float = 120, lease_s: float = 60):
+def registry_lock(uri: str, name: str, wait_s: float = 120, lease_s: float = 60):
     """A mutex over any MLflow store: creating a registered model is atomic (its name is unique in every backend),
     so the run that creates `<name>.kdpipe-lock` holds the lock and deletes it after. A lock older than its lease
     was left by a dead process and is broken."""
@@ -36,7 +22,7 @@ def registry_lock(cfg, name: str, wait_s: float = 120, lease_s: float = 60):
 
     from mlflow.exceptions import MlflowException
 
-    client, lock = mlflow_client(cfg), name + LOCK_SUFFIX
+    client, lock = client_for(uri), name + LOCK_SUFFIX
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -62,58 +48,105 @@ def registry_lock(cfg, name: str, wait_s: float = 120, lease_s: float = 60):
         client.delete_registered_model(lock)
 
 
-def take_champion_if_better(cfg, version: str, gate: dict) -> dict:
+def take_champion_if_better(cfg, version: str, gate: dict, rejudge) -> dict:
     """Compare-and-set of the `champion` alias: the gate judged the champion it saw; if another run moved the
-    alias since, decide again against the new champion. Under registry_lock, so of two runs registering at once
-    the better one ends as champion."""
-    from kdpipe.gate import beats_champion
+    alias since, `rejudge(current_version) -> bool` decides again against the new champion (re-scored on this
+    run's rows). Under registry_lock, so of two runs registering at once the better one ends as champion."""
+    from kdpipe.champion import champion_version
 
-    name, metric, judged = cfg.tracking.registered_model, gate["metric"], gate.get("champion_version")
-    with registry_lock(cfg, name):
-        current, current_value = champion(cfg, metric)
+    name, judged = cfg.tracking.registered_model, gate.get("champion_version")
+    with registry_lock(cfg.tracking.uri, name):
+        current = champion_version(cfg)
         promote = bool(gate.get("promote_to_champion"))
         if current != judged:
-            promote = gate["passed"] and beats_champion(gate["value"], current_value,
-                                                        cfg.gate.min_improvement_over_champion)
+            promote = bool(gate["passed"] and rejudge(current))
         if promote:
-            mlflow_client(cfg).set_registered_model_alias(name, "champion", version)
+            why = (gate.get("champion") or {}).get("reason") or "the gate passed and there was no champion"
+            set_champion(mlflow_client(cfg), name, version, current, f"kdpipe run: {why}")
     return {"promoted": promote, "judged_champion": judged, "champion_before": current,
             "decided_again": current != judged}
 
 
-def register_onnx(cfg, onnx_dir: str | Path, gate: dict) -> dict:
-    """Log the exported model (ONNX flavor, signature, input example, tokenizer files alongside) into the
-    active run, register a version, alias it `challenger` (and `champion` when the gate says so).
+def register_onnx(cfg, onnx_dir: str | Path, gate: dict, example_texts: list[str], rejudge, card: str = "") -> dict:
+    """Log the exported model as a text-in MLflow pyfunc (kdpipe.pyfunc: ONNX files and tokenizer as its artifact)
+    into the active run, register a version, alias it `challenger` (and `champion` when the gate says so).
     A failure part-way deletes the new version: nothing half-registered is left."""
     import mlflow
-    import numpy as np
-    import onnx
-    from mlflow.models import infer_signature
 
-    from kdpipe.export import FP32, session
+    from kdpipe.pyfunc import log_text_model
 
-    onnx_dir = Path(onnx_dir)
-    sess = session(onnx_dir / FP32)
-    example = {i.name: np.array([[101, 7592, 2088, 102]], dtype=np.int64) if i.name == "input_ids"
-               else (np.ones if i.name == "attention_mask" else np.zeros)((1, 4), dtype=np.int64)
-               for i in sess.get_inputs()}
-    outputs = dict(zip(["logits", "probabilities"], sess.run(["logits", "probabilities"], example)))
     name = cfg.tracking.registered_model
     client = mlflow_client(cfg)
     mlflow.set_tag("kdpipe.gate_metric", gate["metric"])
     mlflow.log_metric("gate_metric_value", gate["value"])
-    info = mlflow.onnx.log_model(onnx.load(str(onnx_dir / FP32)), name="model", registered_model_name=name,
-                                 signature=infer_signature(example, outputs), input_example=example,
-                                 onnx_execution_providers=["CPUExecutionProvider"])
+    info = log_text_model(onnx_dir, name, example_texts)
     version = str(info.registered_model_version)
     try:
-        mlflow.log_artifacts(str(onnx_dir), artifact_path="onnx_package")  # tokenizer, int8 model, export.json
         client.set_registered_model_alias(name, "challenger", version)
         client.set_model_version_tag(name, version, "kdpipe.gate", "passed")
-        decision = take_champion_if_better(cfg, version, gate)
+        if card:
+            client.update_model_version(name, version, description=card)  # the model card, in the registry's UI
+        decision = take_champion_if_better(cfg, version, gate, rejudge)
     except Exception:
         client.delete_model_version(name, version)
         raise
     aliases = ["challenger"] + (["champion"] if decision["promoted"] else [])
     return {"registered_model": name, "version": version, "aliases": aliases, "model_uri": info.model_uri,
             "champion": decision}
+
+
+PREVIOUS_TAG, REASON_TAG = "kdpipe.previous_champion", "kdpipe.champion_reason"
+
+
+def set_champion(client, name: str, version: str, previous: str | None, reason: str) -> None:
+    """Move the alias, recording on the new champion which version it replaced and why (what rollback reads)."""
+    client.set_model_version_tag(name, version, PREVIOUS_TAG, previous or "")
+    client.set_model_version_tag(name, version, REASON_TAG, reason[:5000])
+    client.set_registered_model_alias(name, "champion", version)
+
+
+def promote(uri: str, name: str, version: str, reason: str, force: bool = False) -> dict:
+    """`kdpipe promote`: make `version` the champion by hand. A version that never passed the gate is refused
+    unless `force`."""
+    from mlflow.exceptions import MlflowException
+
+    from kdpipe.errors import ConfigError
+
+    client = client_for(uri)
+    try:
+        found = client.get_model_version(name, version)
+    except MlflowException:
+        raise ConfigError(f"registered model {name!r} has no version {version!r} at {uri}; "
+                          f"`kdpipe compare` lists the registered versions") from None
+    if found.tags.get("kdpipe.gate") != "passed" and not force:
+        raise ConfigError(f"{name} v{version} never passed kdpipe's evaluation gate (tag kdpipe.gate is "
+                          f"{found.tags.get('kdpipe.gate')!r}); --force promotes it anyway")
+    with registry_lock(uri, name):
+        previous = _champion(client, name)
+        if previous != str(version):
+            set_champion(client, name, str(version), previous, reason)
+    return {"registered_model": name, "champion": str(version), "previous": previous, "reason": reason}
+
+
+def rollback(uri: str, name: str, reason: str) -> dict:
+    """`kdpipe rollback`: the champion goes back to the version it replaced (recorded when it was promoted)."""
+    from kdpipe.errors import ConfigError
+
+    client = client_for(uri)
+    current = _champion(client, name)
+    if current is None:
+        raise ConfigError(f"registered model {name!r} at {uri} has no champion to roll back")
+    previous = client.get_model_version(name, current).tags.get(PREVIOUS_TAG)
+    if not previous:
+        raise ConfigError(f"{name} v{current} replaced no earlier champion (no {PREVIOUS_TAG} tag): nothing to roll "
+                          f"back to; `kdpipe promote {name} VERSION` picks one")
+    return promote(uri, name, previous, f"rollback from v{current}: {reason}", force=True)
+
+
+def _champion(client, name: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, "champion").version)
+    except MlflowException:
+        return None

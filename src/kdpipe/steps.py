@@ -23,19 +23,28 @@ def validate_tokenizers_step(ctx: StepContext) -> dict:
 
 
 @tracked_step("preprocess")
-def preprocess_step(ctx: StepContext, dataset_dir: str) -> dict:
+def preprocess_step(ctx: StepContext, dataset_dir: str, force: bool = False) -> dict:
+    """Validated, tokenized splits; and whether to train at all: `changed` is False when the config and the data
+    are those of the run that produced the current champion (unless `force`), and the pipeline stops there."""
+    from kdpipe.champion import RETRAIN_KEY_TAG, retrain_key, unchanged_since_champion
     from kdpipe.data import preprocess
     from kdpipe.preflight import check_metric_names
     from kdpipe.task import LabelSchema
 
     info = preprocess(ctx.cfg, dataset_dir)
     check_metric_names(ctx.cfg, LabelSchema(**info["schema"]))
-    ctx.tag_parent({"kdpipe.data_fingerprint": info["fingerprints"]["train"],
+    key = retrain_key(ctx.cfg, info["fingerprints"])
+    unchanged = None if force else unchanged_since_champion(ctx.cfg, key)
+    ctx.tag_parent({"kdpipe.data_fingerprint": info["fingerprints"]["train"], RETRAIN_KEY_TAG: key,
                     "kdpipe.problem_type": info["schema"]["problem_type"]})
-    return {"rows": info["sizes"], "num_labels": len(info["schema"]["label_names"]),
-            "problem_type": info["schema"]["problem_type"], "fingerprint": info["fingerprints"]["train"],
-            "train_tokens_mean": info["train_tokens_mean"],
-            "train_truncated_fraction": info["train_truncated_fraction"]}
+    result = {"rows": info["sizes"], "num_labels": len(info["schema"]["label_names"]),
+              "problem_type": info["schema"]["problem_type"], "fingerprint": info["fingerprints"]["train"],
+              "train_tokens_mean": info["train_tokens_mean"],
+              "train_truncated_fraction": info["train_truncated_fraction"], "changed": unchanged is None,
+              "forced": force}
+    if unchanged:
+        result["unchanged"] = unchanged
+    return result
 
 
 @tracked_step("prepare_teacher")
@@ -155,49 +164,86 @@ def distill_step(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_r
 
 
 @tracked_step("evaluate_gate")
-def gate_step(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_metrics: dict,
+def gate_step(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_logits_dir: str, teacher_metrics: dict,
               student_latency_ms: float | None) -> dict:
-    """Judge the student on its validation logits (computed once, by distillation): thresholds, retention, latency,
-    the champion. Needs no model and no torch."""
+    """Judge the student on the evaluation split (test when labelled, else validation) from its logits computed
+    once by distillation: thresholds, retention, latency, fidelity to the teacher, calibration, and the champion
+    re-scored on the same rows. Needs no torch."""
     import numpy as np
 
+    from kdpipe.champion import champion_version, judge_champion
     from kdpipe.data import load_prepared
-    from kdpipe.distill import load_validation_logits
+    from kdpipe.distill import load_student_logits, load_thresholds
     from kdpipe.gate import evaluate_gate
-    from kdpipe.metrics import compute_metrics
-    from kdpipe.registry import champion
+    from kdpipe.metrics import compute_metrics, fidelity_to_teacher
+    from kdpipe.teacher import load_logits, split_logits_file
 
     cfg, prep = ctx.cfg, load_prepared(dataset_dir)
-    labels = np.asarray(prep.dataset["validation"]["labels"])
-    logits = load_validation_logits(student_dir, prep)
-    metrics = compute_metrics(logits, labels, prep.schema, cfg.metrics.threshold)
-    metric = prep.schema.primary_metric(cfg.gate.metric)
-    champion_version, champion_value = champion(cfg, metric)
-    decision = evaluate_gate(cfg.gate, metric, metrics, teacher_metrics, student_latency_ms,
-                             None if champion_value is None else {metric: champion_value})
+    split, schema = prep.eval_split, prep.schema
+    rows = prep.dataset[split]
+    labels = np.asarray(rows["labels"])
+    logits, thresholds = load_student_logits(student_dir, prep, split), load_thresholds(student_dir, cfg)
+    metrics = compute_metrics(logits, labels, schema, thresholds)
+    metric = schema.primary_metric(cfg.gate.metric)
+    teacher_logits = load_logits(Path(teacher_logits_dir) / split_logits_file(split), prep.info["fingerprints"][split],
+                                 producer="evaluate-teacher")
+    fidelity = fidelity_to_teacher(logits, teacher_logits, labels, schema, thresholds, cfg.metrics.threshold)
+    version = champion_version(cfg)
+    champion = judge_champion(cfg, version, schema, metric, rows["text"], labels, logits, thresholds)
+    decision = evaluate_gate(cfg.gate, metric, metrics, teacher_metrics, student_latency_ms, champion, fidelity)
     # The registry step moves the champion alias only if this is still the champion (compare-and-set).
-    result = {**decision, "metrics": metrics, "teacher_metrics": teacher_metrics, "latency_ms_b1": student_latency_ms,
-              "champion_version": champion_version, "champion_value": champion_value,
-              "label_names": prep.schema.label_names}
-    if not prep.schema.multi_label:
-        k = prep.schema.num_labels
+    result = {**decision, "split": split, "rows": len(labels), "metrics": metrics, "teacher_metrics": teacher_metrics,
+              "fidelity": fidelity, "latency_ms_b1": student_latency_ms, "champion_version": version,
+              "champion": champion, "label_names": schema.label_names, "notes": _gate_notes(cfg, split, thresholds),
+              "thresholds": dict(zip(schema.label_names, thresholds)) if isinstance(thresholds, list) else None}
+    if not schema.multi_label:
+        k = schema.num_labels
         matrix = np.zeros((k, k), dtype=int)
-        np.add.at(matrix, (labels, prep.schema.decide(logits)), 1)
+        np.add.at(matrix, (labels, schema.decide(logits)), 1)
         result["confusion_matrix"] = matrix.tolist()
-    ctx.set_tags({"kdpipe.gate_passed": decision["passed"], "kdpipe.gate_metric": metric})
+    ctx.set_tags({"kdpipe.gate_passed": decision["passed"], "kdpipe.gate_metric": metric, "kdpipe.gate_split": split})
     return result
+
+
+def _gate_notes(cfg, split: str, thresholds) -> list[str]:
+    """What the reader of the gate's number must know about it."""
+    if split == "test":
+        return ["judged on data.test (held out: training, HPO and thresholds selected on validation)"]
+    chosen = [what for what, on in (("HPO chose the hyperparameters", cfg.hpo.enabled),
+                                    ("the decision thresholds were tuned", isinstance(thresholds, list))) if on]
+    if not chosen:
+        return ["judged on validation (no labelled data.test)"]
+    return [f"judged on validation, where {' and '.join(chosen)}: the gate's number is optimistic; give a labelled "
+            f"data.test for a held-out number"]
 
 
 @tracked_step("export_register")
 def export_register_step(ctx: StepContext, dataset_dir: str, student_dir: str, gate: dict, onnx_dir: str) -> dict:
-    """Only reached when the gate passed: export + verify the ONNX model, then register it with its aliases."""
+    """Only reached when the gate passed: export + verify the ONNX model, then register it with its aliases (the
+    champion judged again, on the gate's rows, if another run moved the alias meanwhile)."""
+    from kdpipe.champion import judge_champion
+    from kdpipe.data import load_prepared
+    from kdpipe.distill import load_student_logits, load_thresholds
     from kdpipe.export import export_onnx
+    from kdpipe.model_card import model_card
     from kdpipe.registry import register_onnx
 
     if not gate.get("passed"):
         raise RuntimeError("export_register reached with a failed gate; refusing to register")
-    exported = export_onnx(ctx.cfg, student_dir, dataset_dir, onnx_dir, metric=gate["metric"])
-    exported["registry"] = register_onnx(ctx.cfg, onnx_dir, gate)
+    cfg, prep = ctx.cfg, load_prepared(dataset_dir)
+    exported = export_onnx(cfg, student_dir, dataset_dir, onnx_dir, metric=gate["metric"])
+    rows = prep.dataset[prep.eval_split]
+
+    def rejudge(current: str | None) -> bool:
+        verdict = judge_champion(cfg, current, prep.schema, gate["metric"], rows["text"], rows["labels"],
+                                 load_student_logits(student_dir, prep, prep.eval_split),
+                                 load_thresholds(student_dir, cfg))
+        return verdict is None or verdict["promote"]
+
+    card = model_card(cfg, prep.info, gate, exported)
+    (Path(onnx_dir) / "README.md").write_text(card)  # travels in the model's folder (and to the Hub)
+    examples = prep.dataset["validation"]["text"][:2]
+    exported["registry"] = register_onnx(cfg, onnx_dir, gate, examples, rejudge, card)
     return exported
 
 

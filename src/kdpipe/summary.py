@@ -43,6 +43,8 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
     if errors or failure:
         kinds = {e.split(": ")[1] for e in errors if e.count(": ") > 1}  # "step: ErrorType: message"
         status = "bad_input" if kinds & set(BAD_INPUT_ERRORS) else "error"
+    elif results.get("preprocess", {}).get("unchanged"):
+        status = "unchanged"
     elif gate.get("passed") and export.get("registry"):
         status = "promoted"
     elif gate and not gate.get("passed"):
@@ -54,18 +56,22 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
         "pipeline_run": pipeline_run,
         "pipeline_root": str(run_dir),
         "teacher": {"metrics": results.get("evaluate_teacher", {}).get("metrics"),
+                    "split": results.get("evaluate_teacher", {}).get("split"),
                     "finetuned": results.get("prepare_teacher", {}).get("finetuned"),
                     "latency_ms_b1": results.get("evaluate_teacher", {}).get("latency_ms_b1")},
-        "student": {"metrics": gate.get("metrics"), "latency_ms_b1": gate.get("latency_ms_b1"),
+        "student": {"metrics": gate.get("metrics"), "split": gate.get("split"), "latency_ms_b1": gate.get("latency_ms_b1"),
                     "parameters": results.get("distill_student", {}).get("parameters")},
         "hpo": {k: hpo.get(k) for k in ("study", "metric", "trials", "best_trial", "best_value", "best_params")}
         if hpo else None,
         "gate": {"passed": bool(gate.get("passed")), "reasons": gate.get("reasons", []), "metric": gate.get("metric"),
+                 "split": gate.get("split"), "rows": gate.get("rows"), "notes": gate.get("notes", []),
+                 "fidelity": gate.get("fidelity"), "champion": gate.get("champion"),
                  # The registry's compare-and-set has the last word (another run may have moved the champion).
                  "promote_to_champion": export.get("registry", {}).get("champion", {}).get(
                      "promoted", gate.get("promote_to_champion"))} if gate else None,
         "onnx": {"path": export.get("path"), "int8_path": export.get("int8_path"),
-                 "max_abs_logit_diff": export.get("max_abs_logit_diff"), "latency_ms": export.get("latency_ms")}
+                 "max_abs_logit_diff": export.get("max_abs_logit_diff"), "latency_ms": export.get("latency_ms"),
+                 "int8_label_flip_rate": export.get("int8_label_flip_rate"), "int8_rejected": export.get("int8_rejected")}
         if export else None,
         "registry": export.get("registry"),
         "mlflow": {"tracking_uri": cfg.tracking.uri, "experiment": cfg.tracking.experiment,
@@ -74,6 +80,7 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
                     "orchestration_overhead_s": wall - step_total,
                     "orchestration_overhead_fraction": (wall - step_total) / wall if wall else None},
         "errors": errors or ([failure] if failure else []),
+        "unchanged": results.get("preprocess", {}).get("unchanged"),
     }
 
 
@@ -89,16 +96,26 @@ def print_summary(summary: dict) -> None:
     t = summary["timings"]
     print(f"  {'pipeline wall time':<22}{t['pipeline_wall_s']:>9.1f}  (orchestration overhead "
           f"{100 * (t['orchestration_overhead_fraction'] or 0):.1f}%)")
-    print(f"  teacher: {fmt(summary['teacher']['metrics'])}")
+    if summary.get("unchanged"):  # nothing trained, nothing registered
+        print(f"  {summary['unchanged']}")
+        print(f"  MLflow parent run {summary['mlflow']['parent_run_id']} ({summary['mlflow']['tracking_uri']})")
+        return
+    print(f"  teacher ({summary['teacher'].get('split') or '-'}): {fmt(summary['teacher']['metrics'])}")
     if summary.get("hpo"):
         h = summary["hpo"]
         done = ", ".join(f"{n} {state}" for state, n in h["trials"].items() if n)
         print(f"  hpo: {done}; best trial {h['best_trial']} {h['metric']} {h['best_value'] or 0:.4f} {h['best_params']}")
-    print(f"  student: {fmt(summary['student']['metrics'])}")
+    print(f"  student ({summary['student'].get('split') or '-'}): {fmt(summary['student']['metrics'])}")
     gate = summary["gate"]
     print(f"  gate: {'not reached' if gate is None else 'passed' if gate['passed'] else 'FAILED'}")
     for reason in (gate or {}).get("reasons", []):
         print(f"    - {reason}")
+    if gate and gate.get("fidelity"):
+        f = gate["fidelity"]
+        print(f"    fidelity: decides as the teacher on {f['teacher_agreement']:.3f} of rows; "
+              f"calibration error {f['calibration_error']:.4f}")
+    for note in (gate or {}).get("notes", []):
+        print(f"    note: {note}")
     if summary.get("registry"):
         r = summary["registry"]
         print(f"  registered {r['registered_model']} v{r['version']} aliases {r['aliases']}; ONNX: {summary['onnx']['path']}")

@@ -71,7 +71,7 @@ class LabelSchema:
     def decide(self, scores, threshold: float = 0.5) -> np.ndarray:
         """Predicted labels: a 0/1 row per text (each label at its threshold) or one class id per text."""
         scores = np.asarray(scores)
-        return (scores >= threshold).astype(np.int64) if self.multi_label else scores.argmax(-1)
+        return (scores >= np.asarray(threshold)).astype(np.int64) if self.multi_label else scores.argmax(-1)
 
     def predicted_names(self, scores, threshold: float = 0.5) -> list[list[str]]:
         decided = self.decide(scores, threshold)

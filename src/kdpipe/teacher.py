@@ -65,6 +65,11 @@ def teacher_source(cfg: Config, teacher_dir: str | Path, teacher_ref: str) -> st
     return fetch_model(teacher_ref, "teacher.model", cfg.tracking.uri) if teacher_ref else str(Path(teacher_dir) / "model")
 
 
+def split_logits_file(split: str) -> str:
+    """A model's logits on an evaluation split, as the teacher and the student artifacts hold them."""
+    return f"{split}_logits.safetensors"
+
+
 def save_logits(path: Path, logits: np.ndarray, fingerprint: str, model: str) -> None:
     """Logits keyed to the rows they were computed on (the split's fingerprint). safetensors: no pickle."""
     from safetensors.numpy import save_file
@@ -89,7 +94,8 @@ def load_logits(path: str | Path, expected_fingerprint: str, producer: str) -> n
 
 
 def evaluate_teacher(cfg: Config, data_dir: str | Path, teacher_dir: str, out_dir: str | Path) -> dict:
-    """Pipeline step: teacher metrics + latency on validation, and its logits over train, computed once."""
+    """Pipeline step: teacher metrics + latency on the evaluation split (test when labelled, else validation),
+    its logits there (the student's agreement with it) and over train (distillation), computed once."""
     import torch
 
     prep = load_prepared(data_dir)
@@ -99,16 +105,23 @@ def evaluate_teacher(cfg: Config, data_dir: str | Path, teacher_dir: str, out_di
     model = load_classifier(teacher_dir, trust_remote_code=cfg.trust_remote_code, what="teacher")
     if torch.cuda.is_available():
         model.to("cuda")
-    bs = cfg.distillation.eval_batch_size
-    val_logits = predict_logits(model, prep.dataset["validation"], tokenizer, bs)
-    metrics = compute_metrics(val_logits, np.asarray(prep.dataset["validation"]["labels"]), prep.schema,
-                              cfg.metrics.threshold)
+    bs, split = cfg.distillation.eval_batch_size, prep.eval_split
+    metrics = {}
+    for name in dict.fromkeys([split, "validation"]):
+        logits = predict_logits(model, prep.dataset[name], tokenizer, bs)
+        metrics[name] = compute_metrics(logits, np.asarray(prep.dataset[name]["labels"]), prep.schema,
+                                        cfg.metrics.threshold)
+        if name == split:
+            save_logits(out_dir / split_logits_file(split), logits, prep.info["fingerprints"][split], teacher_dir)
     start = time.perf_counter()
     train_logits = predict_logits(model, prep.dataset["train"], tokenizer, bs)
     logits_s = time.perf_counter() - start
     save_logits(out_dir / LOGITS_FILE, train_logits, prep.info["fingerprints"]["train"], teacher_dir)
+    result = {"metrics": metrics[split], "split": split}
+    if split != "validation":
+        result["metrics_validation"] = metrics["validation"]
     return {
-        "metrics": metrics,
+        **result,
         "latency_ms_b1": torch_latency_ms(model, 1, cfg.export.latency_seq_len, cfg.export.latency_runs),
         "parameters": count_parameters(model),
         "logits_seconds": logits_s,

@@ -86,10 +86,14 @@ def store_failures_in_one_line(cfg):
 
 
 def mlflow_client(cfg):
+    return client_for(cfg.tracking.uri)
+
+
+def client_for(uri: str):
     from mlflow.tracking import MlflowClient
 
-    open_store(cfg.tracking.uri)
-    return MlflowClient(cfg.tracking.uri)
+    open_store(uri)
+    return MlflowClient(uri)
 
 
 def _mlflow(cfg):
