@@ -90,6 +90,27 @@ def test_teacher_needs_finetuning(setup, tiny_bert):
         teacher_needs_finetuning(base, prep.schema)
 
 
+def test_the_same_config_and_data_train_the_same_teacher_and_student(setup, tiny_bert, tmp_path):
+    """Seeds cover the new classification head too: it is created before the Trainer seeds anything, and an
+    unseeded head made two runs of one config train different teachers (and so different students)."""
+    from safetensors.numpy import load_file
+
+    from kdpipe.distill import distill_student
+    from kdpipe.teacher import finetune_teacher
+
+    cfg, root, _, _ = setup
+    base = cfg.model_copy(deep=True)
+    base.teacher.model = tiny_bert  # a base encoder: fine-tuned with a new head
+    base.student.layers = [0, 1]
+    logits = []
+    for run in ("a", "b"):
+        teacher = finetune_teacher(base, root / "prep", tmp_path / run / "teacher")["model_dir"]
+        evaluate_teacher(base, root / "prep", teacher, tmp_path / run / "teval")
+        distill_student(base, root / "prep", teacher, tmp_path / run / "teval", tmp_path / run / "student")
+        logits.append(load_file(str(tmp_path / run / "student" / "validation_logits.safetensors"))["logits"])
+    assert (logits[0] == logits[1]).all()
+
+
 def test_teacher_logits_cached_and_keyed_to_data(setup):
     cfg, root, teacher, prep = setup
     result = evaluate_teacher(cfg, root / "prep", teacher, root / "teval")

@@ -27,6 +27,8 @@ def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_
     """Train the student into out_dir. `params` (e.g. the best HPO trial) override distillation.* for this run;
     `callbacks` (TrainerCallback) see each epoch's evaluation, with the task metrics as eval_<name>; `keeper`
     keeps checkpoints where a re-run finds them (kdpipe.trainer.train)."""
+    from transformers import set_seed
+
     from kdpipe.trainer import DistillationTrainer, KDCollator, train, training_arguments
 
     d = cfg.distillation.model_copy(update=params or {})
@@ -39,6 +41,7 @@ def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_
         train_ds = train_ds.add_column("teacher_logits", logits.tolist())
     elif d.alpha < 1.0:
         teacher = load_classifier(teacher_dir, trust_remote_code=cfg.trust_remote_code, what="teacher")
+    set_seed(d.seed)  # a student with a new head (student.model) draws it here, before the Trainer seeds
     student = build_student(cfg, teacher_dir, prep.schema)
     args = training_arguments(out_dir / "checkpoints", epochs=d.epochs, learning_rate=d.learning_rate,
                               batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,

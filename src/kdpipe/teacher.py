@@ -32,12 +32,15 @@ def teacher_needs_finetuning(cfg: Config, schema) -> tuple[bool, str]:
 
 def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, keeper=None) -> dict:
     """Pipeline step: supervised fine-tuning of the teacher (the distillation trainer with alpha=1)."""
+    from transformers import set_seed
+
     from kdpipe.trainer import DistillationTrainer, KDCollator, train, training_arguments
 
     prep = load_prepared(data_dir)
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(prep.tokenizer_dir)
     source = local_model(cfg, "teacher")
+    set_seed(cfg.distillation.seed)  # the new classification head is drawn here, before the Trainer seeds
     model = load_classifier(source, prep.schema, cfg.trust_remote_code, cfg.teacher.revision, what="teacher.model")
     t = cfg.teacher
     args = training_arguments(out_dir / "checkpoints", epochs=t.epochs, learning_rate=t.learning_rate,
