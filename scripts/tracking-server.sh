@@ -44,7 +44,8 @@ MLFLOW=${KDPIPE_PYTHON:-.venv/bin/python}
 mkdir -p "$DIR/artifacts"
 setsid "$MLFLOW" -m mlflow server --backend-store-uri "$DB/mlflow" --artifacts-destination "$DIR/artifacts" \
   --host 127.0.0.1 --port "$PORT" --workers 1 >"$DIR/mlflow.log" 2>&1 < /dev/null &
-echo $! > "$DIR/mlflow.pid"
+SERVER=$!
+echo $SERVER > "$DIR/mlflow.pid"
 # A first start migrates the database (tens of seconds on a busy 2-core machine): wait up to 3 minutes.
 deadline=$((SECONDS + 180))
 while [ $SECONDS -lt $deadline ]; do
@@ -52,6 +53,10 @@ while [ $SECONDS -lt $deadline ]; do
     echo "MLFLOW_TRACKING_URI=http://127.0.0.1:$PORT"
     echo "OPTUNA_STORAGE=$DB/optuna"
     exit 0
+  fi
+  if ! kill -0 "$SERVER" 2>/dev/null; then
+    echo "tracking-server: mlflow server ($MLFLOW) exited at start: $(tail -n 3 "$DIR/mlflow.log" | tr '\n' ' ')" >&2
+    exit 1
   fi
   sleep 0.5
 done

@@ -3,7 +3,9 @@ demo pipeline under KFP's DockerRunner, tracking over HTTP to an MLflow server w
 (scripts/tracking-server.sh): the cluster's topology on one machine."""
 
 import json
+import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,7 +37,8 @@ def tracking_server():
     folder = tempfile.mkdtemp(prefix="kdpipe-tracking-")
     port = free_port()
     script = str(ROOT / "scripts/tracking-server.sh")
-    done = subprocess.run(["bash", script, "start", folder, str(port)], capture_output=True, text=True)
+    done = subprocess.run(["bash", script, "start", folder, str(port)], capture_output=True, text=True,
+                          env={**os.environ, "KDPIPE_PYTHON": sys.executable})  # the interpreter running the tests
     assert done.returncode == 0, done.stderr[-3000:]
     urls = dict(line.split("=", 1) for line in done.stdout.split())
     try:
