@@ -69,3 +69,36 @@ def random_bert(path: Path, shape: str, num_labels: int = 2) -> str:
         model.save_pretrained(str(path))
         tok.save_pretrained(str(path))
     return str(path)
+
+
+CACHE = Path(os.environ.get("KDPIPE_BENCH_CACHE", ROOT / "bench" / "cache"))
+
+
+def cached_teacher(cfg, work: Path) -> dict:
+    """Preprocess and fine-tune the teacher once per work folder (the expensive part of a quality benchmark);
+    later runs with the same teacher settings and data reuse it. Returns the teacher result plus `seconds`."""
+    from kdpipe.data import load_prepared, preprocess
+    from kdpipe.teacher import finetune_teacher
+
+    done = work / "teacher.json"
+    d = cfg.data  # only what trains the teacher: new data settings (a transfer set) must not retrain it
+    key = "|".join(map(str, [cfg.teacher.model_dump_json(), d.train, d.validation, d.text_column, d.label_columns,
+                             d.max_length, d.max_train_samples, d.seed, cfg.distillation.seed]))
+    if done.is_file() and json.loads(done.read_text())["key"] == key:
+        return json.loads(done.read_text())
+    with Timer() as t:
+        preprocess(cfg, work / "teacher-prep")
+    with Timer() as f:
+        result = finetune_teacher(cfg, work / "teacher-prep", work / "teacher")
+    result = {**result, "key": key, "train_rows": load_prepared(work / "teacher-prep").info["sizes"]["train"],
+              "seconds": {"preprocess": t.seconds, "finetune": f.seconds}}
+    done.write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def seed_summary(values: list[float]) -> dict:
+    """Mean and spread over seeds: a gain is a claim only when it is larger than the spread."""
+    import statistics
+
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "min": min(values), "max": max(values), "n": len(values), "values": values}

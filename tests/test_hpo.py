@@ -102,10 +102,11 @@ def test_best_trial_model_is_reused_only_from_this_pipeline_run(hpo_setup, tmp_p
 def test_diverging_trial_is_recorded_and_the_study_goes_on(hpo_setup, monkeypatch):
     """A trial whose loss turns NaN (injected into the second trial's training) is recorded as pruned with the
     reason; the other trials complete and the best params come from them."""
+    import kdpipe.losses as losses
     import kdpipe.trainer as trainer
 
     raw, root, teacher = hpo_setup
-    real, started = trainer.distillation_loss, []
+    real, started = losses.distillation_loss, []
     original_init = trainer.DistillationTrainer.__init__
 
     def init(self, *a, **k):
@@ -117,7 +118,7 @@ def test_diverging_trial_is_recorded_and_the_study_goes_on(hpo_setup, monkeypatc
         return value * float("nan") if len(started) == 2 else value
 
     monkeypatch.setattr(trainer.DistillationTrainer, "__init__", init)
-    monkeypatch.setattr(trainer, "distillation_loss", loss)
+    monkeypatch.setattr(losses, "distillation_loss", loss)
     cfg = hpo_cfg(raw, root / "nan", n_trials=3, study_name="nan")
     summary = run_trials(cfg, root / "prep", teacher, root / "teval", root / "nan" / "work")
     states = {t.number: t.state for t in open_study(cfg).trials}

@@ -62,3 +62,139 @@ def test_registry_and_alpha_one_without_teacher():
         distillation_loss(s, None, y, 0.5, 4.0, "softmax_kl")
     with pytest.raises(KeyError, match="registered"):
         distillation_loss(s, s, y, 0.5, 4.0, "nope")
+
+
+# ---------------------------------------------------------------- combined losses, feature losses, layer maps
+
+from types import SimpleNamespace  # noqa: E402
+
+from kdpipe.config import LossTerm, load_config  # noqa: E402
+from kdpipe.errors import ConfigError  # noqa: E402
+from kdpipe.layer_map import check_loss_layers, resolve_layer_map, uniform_layer_map  # noqa: E402
+from kdpipe.losses import AttentionKL, DistillationLoss, HiddenMSE  # noqa: E402
+from kdpipe.task import LabelSchema  # noqa: E402
+
+SINGLE = LabelSchema(problem_type="single_label_classification", label_names=["neg", "pos"])
+
+
+def bert_config(layers, hidden=8):
+    return SimpleNamespace(num_hidden_layers=layers, hidden_size=hidden)
+
+
+def random_mask(batch, tokens, g):
+    lengths = torch.randint(1, tokens + 1, (batch,), generator=g)
+    return (torch.arange(tokens)[None, :] < lengths[:, None]).long()
+
+
+def test_hidden_mse_matches_formula_with_projection_and_padding():
+    g = torch.Generator().manual_seed(1)
+    loss = HiddenMSE(LossTerm(name="hidden_mse", layer_map={1: 3, 2: 6}), bert_config(2, 4), bert_config(6, 8))
+    hs = [torch.randn(3, 5, 4, generator=g) for _ in range(3)]
+    ht = [torch.randn(3, 5, 8, generator=g) for _ in range(7)]
+    mask = random_mask(3, 5, g)
+    got = loss(hs, ht, mask).item()
+    w, b = loss.projection.weight, loss.projection.bias
+    expected = 0.0
+    for s, t in ((1, 3), (2, 6)):
+        total, count = 0.0, 0
+        for i in range(3):
+            for j in range(5):
+                if mask[i, j]:
+                    diff = (w @ hs[s][i, j] + b) - ht[t][i, j]
+                    total += sum(d.item() ** 2 for d in diff)
+                    count += 8
+        expected += total / count
+    assert got == pytest.approx(expected / 2, rel=1e-5)
+
+
+def test_hidden_mse_same_width_has_no_parameters_and_is_zero_on_equal_states():
+    loss = HiddenMSE(LossTerm(name="hidden_mse"), bert_config(2, 8), bert_config(6, 8))
+    assert loss.layer_map == {1: 3, 2: 6} and list(loss.parameters()) == []
+    states = [torch.randn(2, 4, 8) for _ in range(7)]
+    assert loss([states[0], states[3], states[6]], states, torch.ones(2, 4)).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def softmax_rows(x, mask):
+    return torch.softmax(x.masked_fill(~mask[:, None, None, :].bool(), float("-inf")), dim=-1)
+
+
+@pytest.mark.parametrize("heads_s, heads_t", [(2, 2), (2, 4)])
+def test_attention_kl_matches_formula(heads_s, heads_t):
+    g = torch.Generator().manual_seed(heads_t)
+    loss = AttentionKL(LossTerm(name="attention_kl", layer_map={1: 2, 2: 4}), bert_config(2), bert_config(4))
+    mask = random_mask(3, 5, g)
+    att_s = [softmax_rows(torch.randn(3, heads_s, 5, 5, generator=g), mask) for _ in range(2)]
+    att_t = [softmax_rows(torch.randn(3, heads_t, 5, 5, generator=g), mask) for _ in range(4)]
+    got = loss(att_s, att_t, mask).item()
+    expected = 0.0
+    for s, t in ((1, 2), (2, 4)):
+        ps, pt = att_s[s - 1], att_t[t - 1]
+        if heads_s != heads_t:
+            ps, pt = ps.mean(1, keepdim=True), pt.mean(1, keepdim=True)
+        total, count = 0.0, 0
+        for i in range(3):
+            for h in range(ps.shape[1]):
+                for q in range(5):
+                    if not mask[i, q]:
+                        continue
+                    count += 1
+                    total += sum(pt[i, h, q, k].item() * math.log(pt[i, h, q, k].item() / ps[i, h, q, k].item())
+                                 for k in range(5) if mask[i, k])
+        expected += total / count
+    assert got == pytest.approx(expected / 2, rel=1e-5)
+
+
+def test_layer_maps_default_uniform_and_are_checked():
+    assert uniform_layer_map(2, 6) == {1: 3, 2: 6} and uniform_layer_map(4, 12) == {1: 3, 2: 6, 3: 9, 4: 12}
+    assert resolve_layer_map({0: 0, 2: 6}, 2, 6) == {0: 0, 2: 6}  # embeddings for hidden states
+    with pytest.raises(ConfigError, match="student layer 3 does not exist; the student has layers 0..2"):
+        resolve_layer_map({3: 6}, 2, 6)
+    with pytest.raises(ConfigError, match="teacher layer 7 .* has layers 0..6"):
+        resolve_layer_map({1: 7}, 2, 6)
+    with pytest.raises(ConfigError, match="attention has no layer 0"):
+        resolve_layer_map({0: 0}, 2, 6, attention=True)
+    d = load_config(raw=dict(tiny_raw(), distillation={"losses": [{"name": "auto"}, {"name": "attention_kl",
+                                                                                  "layer_map": {1: 9}}]})).distillation
+    with pytest.raises(ConfigError, match=r"distillation.losses.1.layer_map: teacher layer 9"):
+        check_loss_layers(d, 2, 6)
+
+
+def tiny_raw():
+    from tests.conftest import SHARED_DATA as SHARED
+
+    return {"teacher": {"model": "some/teacher"}, "student": {"layers": [0, 1]},
+            "data": {"train": str(SHARED / "sst2/dev.tsv"), "validation": str(SHARED / "sst2/dev.tsv"),
+                     "text_column": "sentence"}}
+
+
+def test_loss_terms_config():
+    d = load_config(raw=dict(tiny_raw(), distillation={"alpha": 0.3, "temperature": 2.0})).distillation
+    assert [(t.name, t.alpha, t.temperature) for t in d.loss_terms()] == [("auto", 0.3, 2.0)]
+    assert d.teacher_mode == "cached" and not d.needs_teacher_features
+    d = load_config(raw=dict(tiny_raw(), distillation={"alpha": 0.3, "layer_map": {1: 1, 2: 6}, "losses": [
+        {"name": "auto", "temperature": 8}, {"name": "hidden_mse", "weight": 2}]})).distillation
+    assert [(t.name, t.alpha, t.temperature, t.layer_map) for t in d.loss_terms()] == [
+        ("auto", 0.3, 8, None), ("hidden_mse", None, None, {1: 1, 2: 6})]
+    assert d.teacher_mode == "online"
+    assert load_config(raw=dict(tiny_raw(), distillation={"alpha": 1.0})).distillation.teacher_mode == "none"
+    for bad, message in (([{"name": "hidden_mse"}], "needs a logit loss term"),
+                         ([{"name": "auto"}, {"name": "hidden_mse", "alpha": 0.5}], "hidden_mse takes no alpha"),
+                         ([{"name": "auto", "layer_map": {1: 1}}], "auto takes no layer_map"),
+                         ([{"name": "hiden_mse"}], "distillation.losses.0.name")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(raw=dict(tiny_raw(), distillation={"losses": bad}))
+
+
+def test_default_combined_loss_is_the_blog_loss_and_transfer_rows_have_no_hard_term():
+    g = torch.Generator().manual_seed(7)
+    s, t = torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)
+    y = torch.randint(0, 2, (6,), generator=g)
+    d = load_config(raw=dict(tiny_raw(), distillation={"alpha": 0.4, "temperature": 3.0})).distillation
+    loss = DistillationLoss(d.loss_terms(), SINGLE)
+    out = SimpleNamespace(logits=s)
+    assert loss(out, t, None, y, torch.ones(6, 3)).item() == pytest.approx(reference_single(s, t, y, 0.4, 3.0), rel=1e-6)
+    labelled = torch.tensor([True, True, True, False, False, False])
+    mixed = loss(out, t, None, y, torch.ones(6, 3), labelled).item()
+    hard = reference_single(s[:3], t[:3], y[:3], 1.0, 3.0)
+    soft_all = reference_single(s, t, y, 0.0, 3.0)
+    assert mixed == pytest.approx(0.4 * hard + 0.6 * soft_all, rel=1e-6)

@@ -252,7 +252,7 @@ def test_hpo_on_new_data_judged_on_labelled_test_against_the_champion_rescored(t
     # again, through hpo-best's Model output; its params are the best trial's.
     distill = children["distill_student"]
     assert float(distill.data.params["distillation.learning_rate"]) == pytest.approx(hpo["best_params"]["learning_rate"])
-    assert int(distill.data.params["distillation.epochs"]) == hpo["best_params"]["epochs"]
+    assert float(distill.data.params["distillation.epochs"]) == hpo["best_params"]["epochs"]
     import mlflow
     shipped = mlflow.artifacts.load_dict(f"runs:/{distill.info.run_id}/result.json")
     assert shipped["reused_trial_model"] is True and "train_runtime_s" not in shipped

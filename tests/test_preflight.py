@@ -72,6 +72,18 @@ def test_student_layers_the_teacher_does_not_have(config, capsys):
     assert "student.layers [0, 5]: the teacher" in err and "has 4 layers (indices 0..3)" in err
 
 
+def test_a_layer_map_beyond_the_models(config, capsys):
+    err = refused(config, capsys, "distillation.losses=[{name: auto}, {name: hidden_mse}]",
+                  "distillation.layer_map={1: 2, 3: 4}")
+    assert "distillation.layer_map: student layer 3 does not exist; the student has layers 0..2" in err
+
+
+def test_an_unlabeled_file_without_the_text_column(config, tmp_path, capsys):
+    (tmp_path / "unlabeled.tsv").write_text("review\na fine film\n")
+    err = refused(config, capsys, f"data.unlabeled={tmp_path / 'unlabeled.tsv'}")
+    assert "unlabeled.tsv: column(s) ['sentence'] not found; the file has columns ['review']" in err
+
+
 def test_unreachable_tracking_server(config, capsys):
     port = free_port()
     err = refused(config, capsys, f"tracking.uri=http://127.0.0.1:{port}")

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from kdpipe.cli import main
-from kdpipe.config import load_config
+from kdpipe.config import LossTerm, StudentConfig, load_config
 from kdpipe.data import load_prepared, preprocess
 from kdpipe.errors import DataError, ExportError
 from kdpipe.modeling import derive_student, load_classifier, load_tokenizer, predict_logits
 from kdpipe.teacher import LOGITS_FILE, evaluate_teacher, load_logits, teacher_needs_finetuning
+from kdpipe.losses import DistillationLoss
 from kdpipe.trainer import DistillationTrainer, KDCollator, training_arguments
 from tests.conftest import base_config, make_tiny_bert
 
@@ -37,8 +38,9 @@ def one_step_params(prep, teacher_dir, root, *, batch, accumulation, cached, nam
                               gradient_accumulation_steps=accumulation, group_by_length=False,
                               max_steps=1, optim="sgd", lr_scheduler_type="constant", save_strategy="no",
                               eval_strategy="no")
+    loss = DistillationLoss([LossTerm(name="auto", alpha=0.5, temperature=2.0)], prep.schema)
     DistillationTrainer(model=student, args=args, train_dataset=train, data_collator=KDCollator(tokenizer),
-                        alpha=0.5, temperature=2.0, loss_name=prep.schema.loss(), teacher=online).train()
+                        loss=loss, teacher=online).train()
     return {k: v.detach().clone() for k, v in student.named_parameters()}
 
 
@@ -270,3 +272,150 @@ def test_predict_on_a_bad_model_folder_or_no_input_is_one_line(setup, student_ar
     code = main(["predict", "--model", str(folder)] + ([] if damage == "empty_input" else ["a fine film"]))
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def transfer_prep(setup, shared_data):
+    """The setup's data plus a transfer set: 60 unlabeled SST-2 training sentences and one augmented copy of each
+    training text."""
+    cfg, root, teacher, _ = setup
+    rows = (shared_data / "sst2/train.tsv").read_text().splitlines()[2001:2061]
+    (root / "unlabeled.tsv").write_text("sentence\n" + "\n".join(r.split("\t")[0] for r in rows) + "\n")
+    cfg = cfg.model_copy(deep=True)
+    cfg.data.unlabeled = str(root / "unlabeled.tsv")
+    cfg.distillation.augment.factor = 1
+    preprocess(cfg, root / "prep-transfer")
+    evaluate_teacher(cfg, root / "prep-transfer", teacher, root / "teval-transfer")
+    return cfg, load_prepared(root / "prep-transfer")
+
+
+def test_transfer_set_logits_cached_and_keyed_to_its_fingerprint(setup, transfer_prep):
+    from kdpipe.data import TRANSFER
+    from kdpipe.teacher import split_logits_file
+
+    _, root, teacher, _ = setup
+    _, prep = transfer_prep
+    assert prep.info["sizes"][TRANSFER] == 460 and prep.info["transfer"] == {
+        "unlabeled": 60, "unlabeled_dropped_in_eval": 0, "augmented": 400}
+    file = root / "teval-transfer" / split_logits_file(TRANSFER)
+    cached = load_logits(file, prep.info["fingerprints"][TRANSFER], "evaluate-teacher")
+    tokenizer = load_tokenizer(prep.tokenizer_dir)
+    assert torch.allclose(torch.tensor(cached), torch.tensor(predict_logits(load_classifier(teacher),
+                                                                           prep.dataset[TRANSFER], tokenizer)))
+    with pytest.raises(DataError, match="computed on other data"):
+        load_logits(file, prep.info["fingerprints"]["train"], "evaluate-teacher")
+
+
+def test_student_distils_on_the_transfer_set_from_cached_logits(setup, transfer_prep, monkeypatch):
+    from kdpipe.distill import distill_student
+
+    _, root, teacher, _ = setup
+    cfg, prep = transfer_prep
+    seen = []
+    original = DistillationTrainer.compute_loss
+
+    def spy(self, model, inputs, *a, **k):
+        if model.training:
+            labelled = inputs.get("labelled", torch.ones(len(inputs["input_ids"]), dtype=torch.bool))
+            seen.append((int(labelled.sum()), len(labelled), "teacher_logits" in inputs))
+        return original(self, model, inputs, *a, **k)
+
+    monkeypatch.setattr(DistillationTrainer, "compute_loss", spy)
+    result = distill_student(cfg, root / "prep-transfer", teacher, root / "teval-transfer", root / "student-transfer")
+    assert result["train_rows"] == 860 and result["teacher_mode"] == "cached"
+    assert sum(n for _, n, _ in seen) == 860 and sum(labelled for labelled, _, _ in seen) == 400
+    assert all(cached for _, _, cached in seen)
+    seen.clear()
+    # No teacher term (alpha 1): the transfer set has nothing to teach and is left out.
+    plain = distill_student(cfg, root / "prep-transfer", teacher, None, root / "student-plain", params={"alpha": 1.0})
+    assert plain["train_rows"] == 400 and plain["teacher_mode"] == "none"
+    assert sum(n for _, n, _ in seen) == 400 and not any(cached for _, _, cached in seen)
+
+
+@pytest.mark.parametrize("task", ["single", "multi"])
+def test_feature_losses_train_with_an_online_teacher(task, setup, shared_data, bert_tokenizer, tmp_path):
+    """hidden_mse (through a learned projection: the student is narrower) and attention_kl, next to the logit loss,
+    single- and multi-label: the teacher runs online, the projection learns, and the shipped student has no trace
+    of it."""
+    from safetensors import safe_open
+
+    from kdpipe.distill import distill_student
+    from tests.conftest import make_tiny_bert
+
+    cfg, root, _, _ = setup
+    labels = 2 if task == "single" else 6
+    teacher = make_tiny_bert(tmp_path / "teacher", bert_tokenizer, layers=4, hidden=32, num_labels=labels, seed=3)
+    student = make_tiny_bert(tmp_path / "student", bert_tokenizer, layers=2, hidden=16, num_labels=labels, seed=4)
+    raw = base_config(teacher, *([str(shared_data / "jigsaw/train_sample300.csv")] * 2 if task == "multi" else
+                                 [cfg.data.train, cfg.data.validation]))
+    if task == "multi":
+        raw["data"].update(text_column="comment_text",
+                           label_columns=["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"])
+    raw["student"] = {"model": student}
+    raw["distillation"].update(losses=[{"name": "auto"}, {"name": "hidden_mse", "weight": 1.0},
+                                       {"name": "attention_kl", "weight": 1.0, "layer_map": {1: 2, 2: 4}}])
+    cfg = load_config(raw=raw)
+    preprocess(cfg, tmp_path / "prep")
+    projections = []
+    original = DistillationTrainer.create_optimizer
+
+    def keep(self, model=None):
+        optimizer = original(self, model)
+        projections.append({k: v.detach().clone() for k, v in self.kd_loss.state_dict().items()})
+        projections.append(self.kd_loss)
+        return optimizer
+
+    DistillationTrainer.create_optimizer = keep
+    try:
+        result = distill_student(cfg, tmp_path / "prep", teacher, None, tmp_path / "out")
+    finally:
+        DistillationTrainer.create_optimizer = original
+    assert result["teacher_mode"] == "online" and result["train_loss"] > 0
+    before, loss = projections
+    assert set(before) == {"features.0.projection.weight", "features.0.projection.bias"}
+    assert not torch.equal(before["features.0.projection.weight"], loss.state_dict()["features.0.projection.weight"])
+    with safe_open(str(tmp_path / "out/model/model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "projection" in k]
+
+
+def test_a_resumed_run_gets_the_projection_back(setup, bert_tokenizer, tmp_path):
+    """The hidden_mse projection trains with the student: an interrupted run's checkpoint holds it, and the resumed
+    run starts from it rather than from a new random projection."""
+    from safetensors.torch import load_file
+
+    from kdpipe.distill import distill_student
+    from kdpipe.trainer import LOSS_STATE
+    from tests.conftest import make_tiny_bert
+
+    cfg, root, teacher, _ = setup
+    student = make_tiny_bert(tmp_path / "student", bert_tokenizer, layers=2, hidden=16, num_labels=2)
+    cfg = cfg.model_copy(update={"student": StudentConfig(model=student), "distillation": cfg.distillation.with_params(
+        {"epochs": 2, "losses": [{"name": "auto"}, {"name": "hidden_mse"}]})})
+    original, loaded = DistillationTrainer.compute_loss, {}
+
+    def crash_in_second_epoch(self, *a, **k):
+        if self.state.epoch is not None and self.state.epoch > 1.3:
+            raise RuntimeError("node lost")
+        return original(self, *a, **k)
+
+    DistillationTrainer.compute_loss = crash_in_second_epoch
+    try:
+        with pytest.raises(RuntimeError, match="node lost"):
+            distill_student(cfg, root / "prep", teacher, None, tmp_path / "out")
+    finally:
+        DistillationTrainer.compute_loss = original
+    saved = load_file(str(tmp_path / "out/checkpoints/checkpoint-13" / LOSS_STATE))
+    load = DistillationTrainer._load_from_checkpoint
+
+    def spy(self, checkpoint, model=None):
+        load(self, checkpoint, model)
+        loaded.update({k: v.detach().clone() for k, v in self.kd_loss.state_dict().items()})
+
+    DistillationTrainer._load_from_checkpoint = spy
+    try:
+        result = distill_student(cfg, root / "prep", teacher, None, tmp_path / "out")
+    finally:
+        DistillationTrainer._load_from_checkpoint = load
+    assert result["resumed_from"].endswith("checkpoint-13")
+    assert set(saved) == {"features.0.projection.weight", "features.0.projection.bias"}
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)

@@ -76,6 +76,10 @@ class DataConfig(_Section):
                                    "`hf://`, `https://`; credentials from the environment), or a split name")
     validation: str = Field(description="validation file (path or URL) or split name (metrics, gate, ONNX checks)")
     test: str | None = Field(None, description="optional test file or split; may be unlabelled")
+    unlabeled: str | None = Field(None, description="optional texts without labels (file or split, any format above; "
+                                                    "its text column is `text_column`): the teacher labels them "
+                                                    "once and they join the distillation loss (soft targets only). "
+                                                    "Rows whose text is also in validation or test are dropped")
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
         "auto", description="`auto` (from the extension: .csv, .tsv/.txt, .jsonl/.json, .parquet), `csv`, `tsv`, "
                             "`jsonl`, `parquet`")
@@ -111,8 +115,48 @@ class DataConfig(_Section):
         return self
 
 
+class AugmentConfig(_Section):
+    """Cheap text augmentation in the spirit of Tang et al. 2019 (word masking, n-gram sampling, word dropout and
+    swap). Augmented copies are unlabelled: the teacher's soft targets are their only supervision."""
+
+    factor: int = Field(0, ge=0, description="augmented copies per training text (0: none)")
+    mask_prob: float = Field(0.1, ge=0.0, le=1.0, description="each word becomes the tokenizer's mask token")
+    dropout_prob: float = Field(0.05, ge=0.0, le=1.0, description="each word is dropped")
+    swap_prob: float = Field(0.05, ge=0.0, le=1.0, description="each word swaps places with the next")
+    ngram_prob: float = Field(0.25, ge=0.0, le=1.0, description="the copy is cut to a random n-gram of it "
+                                                                 "(n from 1 to 5)")
+    seed: int = Field(42, description="augmentation seed")
+
+
+LOGIT_LOSSES = ("auto", "softmax_kl", "sigmoid_bce")
+FEATURE_LOSSES = ("hidden_mse", "attention_kl")
+
+
+class LossTerm(_Section):
+    """One term of the distillation loss, from the registry in kdpipe.losses."""
+
+    name: Literal[LOGIT_LOSSES + FEATURE_LOSSES] = Field(
+        description="`auto` / `softmax_kl` / `sigmoid_bce`: the logit loss (alpha, temperature); `hidden_mse`: MSE "
+                    "between mapped hidden states (a learned linear projection when the widths differ); "
+                    "`attention_kl`: KL between mapped layers' attention distributions")
+    weight: float = Field(1.0, ge=0.0, description="the term's weight in the sum")
+    alpha: float | None = Field(None, ge=0.0, le=1.0, description="logit losses: default `distillation.alpha`")
+    temperature: float | None = Field(None, gt=0.0, description="logit losses: default `distillation.temperature`")
+    layer_map: dict[int, int] | None = Field(None, description="feature losses: default `distillation.layer_map`")
+
+    @model_validator(mode="after")
+    def _settings(self):
+        logit = self.name in LOGIT_LOSSES
+        wrong = [k for k in (("layer_map",) if logit else ("alpha", "temperature")) if getattr(self, k) is not None]
+        if wrong:
+            raise ValueError(f"{self.name} takes no {', '.join(wrong)}")
+        return self
+
+
 class DistillationConfig(_Section):
-    """The student's training: loss = alpha * hard-label loss + (1 - alpha) * T^2 * soft loss against the teacher."""
+    """The student's training: loss = alpha * hard-label loss + (1 - alpha) * T^2 * soft loss against the teacher
+    (the blog's loss), optionally with intermediate-layer terms (`losses`) and a transfer set (`augment`,
+    `data.unlabeled`)."""
 
     loss: Literal["auto", "softmax_kl", "sigmoid_bce"] = Field(
         "auto", description="a registered loss: `softmax_kl` (single-label) or `sigmoid_bce` (multi-label); `auto` "
@@ -137,6 +181,48 @@ class DistillationConfig(_Section):
     group_by_length: bool = Field(True, description="batch rows of similar length together (less padding, faster "
                                                     "epochs)")
     dataloader_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    losses: list[LossTerm] | None = Field(
+        None, description="the loss as a weighted sum of registered terms, e.g. `[{name: auto}, {name: hidden_mse, "
+                          "weight: 1}]`; default: the logit loss alone (`loss`, `alpha`, `temperature`). A feature "
+                          "term makes the teacher run online (its hidden states are not cached)")
+    layer_map: dict[int, int] | None = Field(
+        None, description="student layer -> teacher layer for feature losses, counted from 1 (0 = the embeddings); "
+                          "default uniform (2 layers from 6: {1: 3, 2: 6})")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig,
+                                   description="augmented copies of the training texts for the transfer set")
+
+    @model_validator(mode="after")
+    def _terms(self):
+        if self.losses is not None and not any(t.name in LOGIT_LOSSES for t in self.losses):
+            raise ValueError("distillation.losses needs a logit loss term (`auto`, `softmax_kl` or `sigmoid_bce`): "
+                             "the student is trained to classify")
+        return self
+
+    def with_params(self, params: dict | None) -> "DistillationConfig":
+        """These settings with some overridden (an HPO trial's, a benchmark variant's), validated again."""
+        return DistillationConfig.model_validate({**self.model_dump(), **(params or {})}) if params else self
+
+    def loss_terms(self) -> list[LossTerm]:
+        """The terms with their defaults filled in."""
+        terms = self.losses if self.losses is not None else [LossTerm(name=self.loss)]
+        return [t.model_copy(update=({"alpha": self.alpha if t.alpha is None else t.alpha,
+                                      "temperature": self.temperature if t.temperature is None else t.temperature}
+                                     if t.name in LOGIT_LOSSES else
+                                     {"layer_map": self.layer_map if t.layer_map is None else t.layer_map}))
+                for t in terms]
+
+    @property
+    def needs_teacher_features(self) -> bool:
+        return any(t.name in FEATURE_LOSSES and t.weight > 0 for t in self.loss_terms())
+
+    @property
+    def teacher_mode(self) -> str:
+        """How the teacher takes part: `cached` logits, `online` (configured, or a feature loss needs its hidden
+        states or attentions, which are not cached), or `none` (alpha 1 and no feature loss)."""
+        soft = any(t.name in LOGIT_LOSSES and t.weight > 0 and t.alpha < 1.0 for t in self.loss_terms())
+        if self.needs_teacher_features or (soft and self.teacher_logits == "online"):
+            return "online"
+        return "cached" if soft else "none"
 
 
 class MetricsConfig(_Section):
@@ -187,6 +273,9 @@ class ExportConfig(_Section):
     """The ONNX export of a student that passed the gate, and its checks."""
 
     opset: int = Field(18, ge=14, description="ONNX opset")
+    fuse: bool = Field(True, description="apply ONNX Runtime's transformer fusions (attention, embedding and skip "
+                                         "layer norms, bias GELU: what Optimum's optimization level 2 does) to BERT-"
+                                         "like students before the parity check and quantization")
     quantize: bool = Field(True, description="also write `model.int8.onnx` (dynamic int8 quantization)")
     parity_tolerance: float = Field(1e-4, gt=0, description="maximum absolute logit difference between ONNX and "
                                                             "PyTorch on validation rows; above it the export fails "
@@ -408,7 +497,7 @@ def _resolve_paths(cfg: Config, base: Path, overridden: set[str]) -> None:
         cfg.student.model = resolve_model_ref(cfg.student.model, origin("student.model"))
     d = cfg.data
     if d.dataset is None:
-        for field in ("train", "validation", "test"):
+        for field in ("train", "validation", "test", "unlabeled"):
             value = getattr(d, field)
             if value is None or is_url(value):  # a URL is fetched by the step that reads it
                 continue

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import json
+from types import UnionType
+from typing import Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -47,11 +49,29 @@ def _default(field) -> str:
     return json.dumps(value) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _model(annotation, container=None) -> type[BaseModel] | None:
+    """The config model a field holds: itself, or (container=list) the item model of `list[Model] | None`."""
+    for arg in [annotation, *(get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ())]:
+        if container is None and isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+        if container is list and get_origin(arg) is list:
+            return _model(get_args(arg)[0])
+    return None
+
+
 def _table(model: type[BaseModel], prefix: str) -> list[str]:
-    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    rows, items = ["| key | default | meaning |", "| --- | --- | --- |"], []
     for name, field in model.model_fields.items():
+        nested = _model(field.annotation)
+        if nested is not None and nested is not model:  # a subsection: one row per key
+            rows += [f"| `{prefix}{name}.{k}` | {_default(f)} | {f.description or ''} |"
+                     for k, f in nested.model_fields.items()]
+            continue
         rows.append(f"| `{prefix}{name}` | {_default(field)} | {field.description or ''} |")
-    return rows
+        item = _model(field.annotation, list)
+        if item is not None:
+            items += ["", f"Each item of `{prefix}{name}`: {_doc(item)}", "", *_table(item, "")]
+    return rows + items
 
 
 def _doc(model: type[BaseModel]) -> str:

@@ -19,6 +19,7 @@ from kdpipe.sources import fetch_file, is_url, local_model
 from kdpipe.task import MULTI, SINGLE, LabelSchema
 
 SPLITS = ("train", "validation", "test")
+TRANSFER = "transfer"  # unlabelled rows the teacher labels for distillation: data.unlabeled + augmented train texts
 
 
 @dataclass
@@ -373,6 +374,33 @@ def load_and_validate(cfg: DataConfig) -> tuple[dict[str, tuple[list[str], np.nd
     return check_splits(raw, cfg, declared)
 
 
+def read_unlabeled(cfg: DataConfig, eval_texts: set[str]) -> tuple[list[str], int]:
+    """data.unlabeled's texts, less those also in validation or test (they would leak into the evaluation);
+    returns the texts and how many were dropped."""
+    split = read_split(cfg, "unlabeled")
+    check_columns(split, cfg, need_labels=False)
+    texts = check_texts(split, cfg)
+    kept = [t for t in texts if t.strip() not in eval_texts]
+    return kept, len(texts) - len(kept)
+
+
+def transfer_texts(cfg: Config, splits: dict, mask_token: str | None) -> tuple[list[str], dict]:
+    """The transfer set: data.unlabeled plus augmented copies of the training texts (never of validation or
+    test). Empty when neither is configured."""
+    from kdpipe.augment import augment_texts
+
+    texts, info = [], {}
+    if cfg.data.unlabeled:
+        eval_texts = {t.strip() for name in ("validation", "test") if name in splits for t in splits[name][0]}
+        texts, info["unlabeled_dropped_in_eval"] = read_unlabeled(cfg.data, eval_texts)
+        info["unlabeled"] = len(texts)
+    if cfg.distillation.augment.factor:
+        augmented = augment_texts(splits["train"][0], cfg.distillation.augment, mask_token)
+        texts += augmented
+        info["augmented"] = len(augmented)
+    return texts, info
+
+
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, list]:
     # No padding here: the collator pads each batch to its own longest row.
     enc = tokenizer(texts, truncation=True, max_length=max_length)
@@ -399,13 +427,16 @@ def preprocess(cfg: Config, out_dir: str | Path, tokenizer=None) -> dict:
     out_dir = Path(out_dir)
     splits, schema = load_and_validate(cfg.data)
     tokenizer = tokenizer or load_tokenizer(local_model(cfg, "teacher"), cfg)
+    transfer_rows, transfer = transfer_texts(cfg, splits, tokenizer.mask_token or tokenizer.unk_token)
+    if transfer_rows:
+        splits[TRANSFER] = (transfer_rows, None)
     dd, fingerprints, sizes = {}, {}, {}
     for name, (texts, labels) in splits.items():
         columns = tokenize(tokenizer, texts, cfg.data.max_length)
         fingerprints[name] = fingerprint(columns, labels)
         sizes[name] = len(texts)
         features = {k: datasets.Sequence(datasets.Value("int32")) for k in columns}
-        if name != "train":  # the raw texts of evaluation rows: the champion re-scores them with its own tokenizer
+        if name not in ("train", TRANSFER):  # evaluation rows keep their texts: the champion re-scores them
             columns["text"], features["text"] = list(texts), datasets.Value("string")
         if labels is not None:
             columns["labels"] = labels.tolist()
@@ -419,6 +450,7 @@ def preprocess(cfg: Config, out_dir: str | Path, tokenizer=None) -> dict:
         "schema": schema.to_json(),
         "fingerprints": fingerprints,
         "sizes": sizes,
+        "transfer": transfer,
         "max_length": cfg.data.max_length,
         "train_tokens_mean": float(np.mean(lengths)),
         "train_truncated_fraction": float(np.mean([n >= cfg.data.max_length for n in lengths])),

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from kdpipe.config import Config
-from kdpipe.data import Prepared, load_prepared
+from kdpipe.data import TRANSFER, Prepared, load_prepared
 from kdpipe.metrics import compute_metrics, tune_thresholds
 from kdpipe.modeling import (build_student, count_parameters, load_classifier, load_tokenizer, predict_logits,
                              torch_latency_ms)
-from kdpipe.teacher import load_logits, save_logits, split_logits_file
+from kdpipe.teacher import load_logits, save_logits, split_logits_file, teacher_logits_file
 
 MODEL_DIR, THRESHOLDS = "model", "thresholds.json"
 
@@ -29,20 +29,24 @@ def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_
     keeps checkpoints where a re-run finds them (kdpipe.trainer.train)."""
     from transformers import set_seed
 
+    from kdpipe.losses import DistillationLoss
     from kdpipe.trainer import DistillationTrainer, KDCollator, train, training_arguments
 
-    d = cfg.distillation.model_copy(update=params or {})
+    d = cfg.distillation.with_params(params)
     prep = load_prepared(data_dir)
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(prep.tokenizer_dir)
-    train_ds, teacher = prep.dataset["train"], None
-    if d.teacher_logits == "cached" and d.alpha < 1.0:
-        logits = load_logits(logits_dir, prep.info["fingerprints"]["train"], producer="evaluate-teacher")
-        train_ds = train_ds.add_column("teacher_logits", logits.tolist())
-    elif d.alpha < 1.0:
-        teacher = load_classifier(teacher_dir, trust_remote_code=cfg.trust_remote_code, what="teacher")
     set_seed(d.seed)  # a student with a new head (student.model) draws it here, before the Trainer seeds
     student = build_student(cfg, teacher_dir, prep.schema)
+    teacher = None
+    if d.teacher_mode == "online":
+        teacher = load_classifier(teacher_dir, trust_remote_code=cfg.trust_remote_code, what="teacher")
+    loss = DistillationLoss(d.loss_terms(), prep.schema, student.config, teacher.config if teacher else None)
+    if loss.needs("attentions"):  # only eager attention returns the attention probabilities
+        for model in (student, teacher):
+            model.set_attn_implementation("eager")
+    train_ds = training_rows(prep, logits_dir if d.teacher_mode == "cached" else None,
+                             transfer=d.teacher_mode != "none")
     args = training_arguments(out_dir / "checkpoints", epochs=d.epochs, learning_rate=d.learning_rate,
                               batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
                               gradient_accumulation_steps=d.gradient_accumulation_steps,
@@ -51,16 +55,41 @@ def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_
                               dataloader_workers=d.dataloader_workers)
     trainer = DistillationTrainer(model=student, args=args, train_dataset=train_ds,
                                   eval_dataset=prep.dataset["validation"], data_collator=KDCollator(tokenizer),
-                                  alpha=d.alpha, temperature=d.temperature, loss_name=prep.schema.loss(d.loss),
-                                  teacher=teacher, callbacks=callbacks,
+                                  loss=loss, teacher=teacher, callbacks=callbacks,
                                   compute_metrics=lambda p: compute_metrics(p.predictions, p.label_ids, prep.schema,
                                                                             cfg.metrics.threshold))
     # What decides this training (the teacher is decided by the config and the data): a re-run resumes only on it.
-    run_key = f"{cfg.hash()}|{d.model_dump_json()}|{prep.info['fingerprints']['train']}"
+    run_key = f"{cfg.hash()}|{d.model_dump_json()}|{prep.info['fingerprints']['train']}|{prep.info['fingerprints'].get(TRANSFER)}"
     stats = train(trainer, out_dir / "checkpoints", run_key, keeper)
+    if loss.needs("attentions"):
+        student.set_attn_implementation("sdpa")  # the shipped model's latency and logits: as it will be served
     result = _ship(cfg, prep, student, tokenizer, out_dir, measure_latency)
-    return {**result, "params": d.model_dump(), "epoch_history": [h for h in trainer.state.log_history if "eval_loss" in h],
+    return {**result, "params": d.model_dump(), "teacher_mode": d.teacher_mode, "train_rows": len(train_ds),
+            "epoch_history": [h for h in trainer.state.log_history if "eval_loss" in h],
             **stats}
+
+
+def training_rows(prep: Prepared, logits_dir: str | Path | None, transfer: bool):
+    """The rows the student trains on: train (labelled), then the transfer set when a teacher term can use it
+    (no labels: soft targets only, marked by `labelled`). With logits_dir, the teacher's cached logits ride along."""
+    import datasets
+
+    splits = ["train"] + ([TRANSFER] if transfer and TRANSFER in prep.dataset else [])
+    parts = []
+    for split in splits:
+        rows = prep.dataset[split]
+        if split == TRANSFER:
+            blank = [0.0] * prep.schema.num_labels if prep.schema.multi_label else 0
+            rows = rows.add_column("labels", [blank] * len(rows)).cast_column(
+                "labels", prep.dataset["train"].features["labels"])
+        if len(splits) > 1:
+            rows = rows.add_column("labelled", [split == "train"] * len(rows))
+        if logits_dir is not None:
+            logits = load_logits(Path(logits_dir) / teacher_logits_file(split), prep.info["fingerprints"][split],
+                                 producer="evaluate-teacher")
+            rows = rows.add_column("teacher_logits", logits.tolist())
+        parts.append(rows)
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 def adopt_model(cfg: Config, data_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
@@ -70,7 +99,7 @@ def adopt_model(cfg: Config, data_dir: str | Path, model_dir: str | Path, out_di
     prep = load_prepared(data_dir)
     student = load_classifier(str(model_dir), trust_remote_code=cfg.trust_remote_code, what="best trial's student")
     result = _ship(cfg, prep, student, load_tokenizer(str(model_dir)), Path(out_dir), measure_latency=True)
-    return {**result, "params": cfg.distillation.model_copy(update=params or {}).model_dump(), "reused_trial_model": True}
+    return {**result, "params": cfg.distillation.with_params(params).model_dump(), "reused_trial_model": True}
 
 
 def _ship(cfg: Config, prep: Prepared, student, tokenizer, out_dir: Path, measure_latency: bool) -> dict:

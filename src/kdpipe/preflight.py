@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from kdpipe.config import Config
 from kdpipe.errors import ConfigError
+from kdpipe.sources import is_url
 
 TIMEOUT_S = 3
 
@@ -25,10 +26,12 @@ def check_all(cfg: Config) -> None:
 def check_local_inputs(cfg: Config) -> None:
     """Local data files: read, every row's text and labels validated (as preprocess does, minus tokenization).
     Raises DataError naming the file, column and row."""
-    from kdpipe.data import load_and_validate
+    from kdpipe.data import load_and_validate, read_unlabeled
 
     if cfg.data.dataset is None:
         check_metric_names(cfg, load_and_validate(cfg.data)[1])
+        if cfg.data.unlabeled and not is_url(cfg.data.unlabeled):
+            read_unlabeled(cfg.data, set())
 
 
 def check_metric_names(cfg: Config, schema) -> None:
@@ -43,16 +46,21 @@ def check_metric_names(cfg: Config, schema) -> None:
 def check_models(cfg: Config) -> None:
     """Teacher and student: loadable as safetensors, no custom code unless trusted; student.layers within the
     teacher's layers."""
+    from kdpipe.layer_map import check_loss_layers
     from kdpipe.modeling import inspect_model
 
     uri = cfg.tracking.uri
     teacher = inspect_model(cfg.teacher.model, "teacher.model", cfg.trust_remote_code, cfg.teacher.revision, uri)
+    student = None
     if cfg.student.model:
-        inspect_model(cfg.student.model, "student.model", cfg.trust_remote_code, cfg.student.revision, uri)
+        student = inspect_model(cfg.student.model, "student.model", cfg.trust_remote_code, cfg.student.revision, uri)
     layers = (teacher or {}).get("num_hidden_layers")
     if cfg.student.layers and layers is not None and max(cfg.student.layers) >= layers:
         raise ConfigError(f"student.layers {cfg.student.layers}: the teacher {cfg.teacher.model!r} has {layers} "
                           f"layers (indices 0..{layers - 1})")
+    student_layers = len(cfg.student.layers) if cfg.student.layers else (student or {}).get("num_hidden_layers")
+    if layers is not None and student_layers is not None:
+        check_loss_layers(cfg.distillation, student_layers, layers)
 
 
 def check_tracking(cfg: Config) -> None:

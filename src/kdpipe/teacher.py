@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from kdpipe.config import Config
-from kdpipe.data import load_prepared
+from kdpipe.data import TRANSFER, load_prepared
 from kdpipe.errors import DataError
 from kdpipe.sources import fetch_model, local_model
 from kdpipe.metrics import compute_metrics
@@ -34,6 +34,7 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, kee
     """Pipeline step: supervised fine-tuning of the teacher (the distillation trainer with alpha=1)."""
     from transformers import set_seed
 
+    from kdpipe.losses import DistillationLoss
     from kdpipe.trainer import DistillationTrainer, KDCollator, train, training_arguments
 
     prep = load_prepared(data_dir)
@@ -50,7 +51,7 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, kee
                               group_by_length=cfg.distillation.group_by_length)
     trainer = DistillationTrainer(model=model, args=args, train_dataset=prep.dataset["train"],
                                   eval_dataset=prep.dataset["validation"], data_collator=KDCollator(tokenizer),
-                                  alpha=1.0, loss_name=prep.schema.loss())
+                                  loss=DistillationLoss.supervised(prep.schema))
     d = cfg.distillation  # its seed and precision settings train the teacher too
     run_key = f"{cfg.teacher.model_dump_json()}|{source}|{d.seed}|{d.mixed_precision}|{prep.info['fingerprints']['train']}"
     stats = train(trainer, out_dir / "checkpoints", run_key, keeper)
@@ -71,6 +72,11 @@ def teacher_source(cfg: Config, teacher_dir: str | Path, teacher_ref: str) -> st
 def split_logits_file(split: str) -> str:
     """A model's logits on an evaluation split, as the teacher and the student artifacts hold them."""
     return f"{split}_logits.safetensors"
+
+
+def teacher_logits_file(split: str) -> str:
+    """The teacher's cached logits on a training split (train, transfer), as the teacher_logits artifact holds them."""
+    return LOGITS_FILE if split == "train" else split_logits_file(split)
 
 
 def save_logits(path: Path, logits: np.ndarray, fingerprint: str, model: str) -> None:
@@ -116,10 +122,12 @@ def evaluate_teacher(cfg: Config, data_dir: str | Path, teacher_dir: str, out_di
                                         cfg.metrics.threshold)
         if name == split:
             save_logits(out_dir / split_logits_file(split), logits, prep.info["fingerprints"][split], teacher_dir)
-    start = time.perf_counter()
-    train_logits = predict_logits(model, prep.dataset["train"], tokenizer, bs)
+    start, rows = time.perf_counter(), 0
+    for name in ["train"] + [TRANSFER] * (TRANSFER in prep.dataset):  # the transfer set is labelled here, once
+        logits = predict_logits(model, prep.dataset[name], tokenizer, bs)
+        save_logits(out_dir / teacher_logits_file(name), logits, prep.info["fingerprints"][name], teacher_dir)
+        rows += int(logits.shape[0])
     logits_s = time.perf_counter() - start
-    save_logits(out_dir / LOGITS_FILE, train_logits, prep.info["fingerprints"]["train"], teacher_dir)
     result = {"metrics": metrics[split], "split": split}
     if split != "validation":
         result["metrics_validation"] = metrics["validation"]
@@ -128,5 +136,5 @@ def evaluate_teacher(cfg: Config, data_dir: str | Path, teacher_dir: str, out_di
         "latency_ms_b1": torch_latency_ms(model, 1, cfg.export.latency_seq_len, cfg.export.latency_runs),
         "parameters": count_parameters(model),
         "logits_seconds": logits_s,
-        "logits_rows": int(train_logits.shape[0]),
+        "logits_rows": rows,
     }

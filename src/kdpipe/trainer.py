@@ -7,14 +7,17 @@ from pathlib import Path
 
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from kdpipe.errors import TrainingDiverged
-from kdpipe.losses import distillation_loss
+from kdpipe.losses import DistillationLoss
+
+LOSS_STATE = "distillation_loss.safetensors"
 
 
 class KDCollator:
-    """Pads token ids per batch and stacks the cached teacher logits that ride along with each row."""
+    """Pads token ids per batch and stacks what rides along with each row: the cached teacher logits, and whether
+    the row has a label (transfer-set rows do not)."""
 
     def __init__(self, tokenizer):
         self.pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
@@ -24,40 +27,75 @@ class KDCollator:
         batch = self.pad([{k: v for k, v in r.items() if k in self.keys} for r in rows])
         if "teacher_logits" in rows[0]:
             batch["teacher_logits"] = torch.tensor([r["teacher_logits"] for r in rows], dtype=torch.float32)
+        if "labelled" in rows[0]:
+            batch["labelled"] = torch.tensor([r["labelled"] for r in rows], dtype=torch.bool)
         return batch
 
 
 class DistillationTrainer(Trainer):
-    """Loss = kdpipe.losses.distillation_loss. Teacher logits come from the batch (cached) or from
-    `teacher` run on the same batch (online). Without either, the loss is plain supervised (alpha=1)."""
+    """Loss = kdpipe.losses.DistillationLoss. Teacher logits come from the batch (cached) or from `teacher` run on
+    the same batch (online, and always when a feature loss needs its hidden states or attentions). Evaluation
+    reports the hard-label loss (no teacher pass)."""
 
     # compute_loss returns a per-micro-batch mean: the Trainer must divide it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, loss_name: str, alpha=0.5, temperature=4.0, teacher=None, **kwargs):
+    def __init__(self, *args, loss: DistillationLoss, teacher=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.alpha, self.temperature, self.loss_name = alpha, temperature, loss_name
+        self.kd_loss = loss.to(self.args.device)
         self.teacher = teacher
         if teacher is not None:
             teacher.to(self.args.device).eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
 
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        extra = [p for p in self.kd_loss.parameters() if p.requires_grad]
+        if extra and not any(p is extra[0] for g in optimizer.param_groups for p in g["params"]):
+            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})  # before the scheduler is made
+        return optimizer
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if any(True for _ in self.kd_loss.parameters()):  # projections: a resumed run needs them too
+            from safetensors.torch import save_file
+
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            save_file({k: v.contiguous() for k, v in self.kd_loss.state_dict().items()}, str(folder / LOSS_STATE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        file = Path(resume_from_checkpoint) / LOSS_STATE
+        if file.is_file():
+            from safetensors.torch import load_file
+
+            self.kd_loss.load_state_dict(load_file(str(file), device=str(self.args.device)))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         teacher_logits = inputs.pop("teacher_logits", None)
-        outputs = model(**inputs)
-        alpha = self.alpha
-        if teacher_logits is None and self.teacher is not None:
+        labelled = inputs.pop("labelled", None)
+        kd = self.kd_loss
+        if not model.training:
+            outputs = model(**inputs)
+            loss = kd.supervised_loss(outputs.logits, labels)
+            return (loss, outputs) if return_outputs else loss
+        wanted = {"output_hidden_states": kd.needs("hidden_states"), "output_attentions": kd.needs("attentions")}
+        outputs = model(**inputs, **wanted)
+        teacher_out = None
+        if self.teacher is not None and (any(wanted.values()) or (teacher_logits is None and kd.needs_teacher_logits)):
             with torch.no_grad():
-                teacher_logits = self.teacher(**inputs).logits
-        if teacher_logits is None:
-            if model.training and alpha < 1.0:
-                raise RuntimeError("distillation batch without teacher logits: the cached logits were not attached")
-            alpha = 1.0  # evaluation on held-out data: report the supervised loss
-        loss = distillation_loss(outputs.logits, teacher_logits, labels, alpha, self.temperature, self.loss_name)
-        if model.training and not torch.isfinite(loss.detach()):
+                teacher_out = self.teacher(**inputs, **wanted)
+            teacher_logits = teacher_out.logits if teacher_logits is None else teacher_logits
+        if teacher_logits is None and kd.needs_teacher_logits:
+            raise RuntimeError("distillation batch without teacher logits: the cached logits were not attached")
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(inputs["input_ids"])
+        loss = kd(outputs, teacher_logits, teacher_out, labels, mask, labelled)
+        if not torch.isfinite(loss.detach()):
             raise TrainingDiverged(f"the training loss became {loss.item()} at step {self.state.global_step} "
                                    f"(learning rate {self.args.learning_rate}); lower the learning rate")
         return (loss, outputs) if return_outputs else loss
