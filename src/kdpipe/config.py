@@ -144,6 +144,15 @@ class LossTerm(_Section):
     temperature: float | None = Field(None, gt=0.0, description="logit losses: default `distillation.temperature`")
     layer_map: dict[int, int] | None = Field(None, description="feature losses: default `distillation.layer_map`")
 
+    @property
+    def uses_teacher_logits(self) -> bool:
+        """A logit term with a soft part (alpha < 1; alpha filled in by DistillationConfig.loss_terms)."""
+        return self.name in LOGIT_LOSSES and self.weight > 0 and self.alpha < 1.0
+
+    @property
+    def uses_teacher_features(self) -> bool:
+        return self.name in FEATURE_LOSSES and self.weight > 0
+
     @model_validator(mode="after")
     def _settings(self):
         logit = self.name in LOGIT_LOSSES
@@ -213,13 +222,13 @@ class DistillationConfig(_Section):
 
     @property
     def needs_teacher_features(self) -> bool:
-        return any(t.name in FEATURE_LOSSES and t.weight > 0 for t in self.loss_terms())
+        return any(t.uses_teacher_features for t in self.loss_terms())
 
     @property
     def teacher_mode(self) -> str:
         """How the teacher takes part: `cached` logits, `online` (configured, or a feature loss needs its hidden
         states or attentions, which are not cached), or `none` (alpha 1 and no feature loss)."""
-        soft = any(t.name in LOGIT_LOSSES and t.weight > 0 and t.alpha < 1.0 for t in self.loss_terms())
+        soft = any(t.uses_teacher_logits for t in self.loss_terms())
         if self.needs_teacher_features or (soft and self.teacher_logits == "online"):
             return "online"
         return "cached" if soft else "none"

@@ -42,6 +42,7 @@ def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_
     if d.teacher_mode == "online":
         teacher = load_classifier(teacher_dir, trust_remote_code=cfg.trust_remote_code, what="teacher")
     loss = DistillationLoss(d.loss_terms(), prep.schema, student.config, teacher.config if teacher else None)
+    attention = student.config._attn_implementation
     if loss.needs("attentions"):  # only eager attention returns the attention probabilities
         for model in (student, teacher):
             model.set_attn_implementation("eager")
@@ -61,8 +62,7 @@ def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_
     # What decides this training (the teacher is decided by the config and the data): a re-run resumes only on it.
     run_key = f"{cfg.hash()}|{d.model_dump_json()}|{prep.info['fingerprints']['train']}|{prep.info['fingerprints'].get(TRANSFER)}"
     stats = train(trainer, out_dir / "checkpoints", run_key, keeper)
-    if loss.needs("attentions"):
-        student.set_attn_implementation("sdpa")  # the shipped model's latency and logits: as it will be served
+    student.set_attn_implementation(attention)  # the shipped model's latency and logits: as it will be served
     result = _ship(cfg, prep, student, tokenizer, out_dir, measure_latency)
     return {**result, "params": d.model_dump(), "teacher_mode": d.teacher_mode, "train_rows": len(train_ds),
             "epoch_history": [h for h in trainer.state.log_history if "eval_loss" in h],

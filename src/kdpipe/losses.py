@@ -128,7 +128,8 @@ class DistillationLoss(nn.Module):
         super().__init__()
         self.logit_terms = [(t.weight, schema.loss(t.name), t.alpha, t.temperature)
                             for t in terms if t.name in LOGIT_LOSSES]
-        features = [t for t in terms if t.name not in LOGIT_LOSSES and t.weight > 0]
+        self.needs_teacher_logits = any(t.uses_teacher_logits for t in terms)
+        features = [t for t in terms if t.uses_teacher_features]
         if features and (student_config is None or teacher_config is None):
             raise ValueError("feature losses need the student's and the teacher's model configs")
         self.feature_weights = [t.weight for t in features]
@@ -138,10 +139,6 @@ class DistillationLoss(nn.Module):
     def supervised(cls, schema) -> "DistillationLoss":
         """The task's hard-label loss alone (fine-tuning, no teacher)."""
         return cls([LossTerm(name="auto", alpha=1.0, temperature=1.0)], schema)
-
-    @property
-    def needs_teacher_logits(self) -> bool:
-        return any(w > 0 and alpha < 1.0 for w, _, alpha, _ in self.logit_terms)
 
     def needs(self, output: str) -> bool:
         """Whether a term reads this model output (hidden_states, attentions) from both models."""
