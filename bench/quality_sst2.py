@@ -47,12 +47,7 @@ VARIANTS = {
 def config(args, variant: dict, seed: int):
     distillation = {"alpha": 0.3, "temperature": 4.0, "epochs": args.student_epochs, "learning_rate": 1e-4,
                     "batch_size": 64, "warmup": 0.06, "seed": seed}
-    if "losses" in variant:
-        distillation["losses"] = variant["losses"]
-    if "layer_map" in variant:
-        distillation["layer_map"] = variant["layer_map"]
-    if "alpha" in variant:
-        distillation["alpha"] = variant["alpha"]
+    distillation.update({k: variant[k] for k in ("losses", "layer_map", "alpha") if k in variant})
     if variant.get("transfer"):
         distillation["augment"] = {"factor": args.augment_factor}
     return load_config(raw={
