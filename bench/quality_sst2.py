@@ -17,6 +17,16 @@ Each (variant, seed) run is saved as it finishes in <work>/runs/, so an interrup
 stopped; the summary (mean, standard deviation, min and max over seeds; time per variant) is rewritten each time.
 
     .venv/bin/python bench/quality_sst2.py [--variants logit,layers,transfer,both] [--seeds 42,43]
+
+On a machine with many cores and a GPU, prepare once, then run one (variant, seed) per process side by side, then
+report (the runs share the work folder; bench/parallel_runs.sh does this):
+
+    quality_sst2.py --prepare-only --variants logit,transfer [--teacher DIR]
+    quality_sst2.py --variants V --seeds S [--teacher DIR] &   # one per (variant, seed)
+    quality_sst2.py --variants ... --seeds ...                 # every run found: only the report is written
+
+--teacher uses an already fine-tuned teacher (a model folder saved by finetune-teacher, such as <work>/teacher/model
+copied from another machine), so that two machines distil from the same teacher.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ def config(args, variant: dict, seed: int):
     if variant.get("transfer"):
         distillation["augment"] = {"factor": args.augment_factor}
     return load_config(raw={
-        "teacher": {"model": minilm(), "epochs": 1.0, "learning_rate": 5e-5, "batch_size": 32},
+        "teacher": {"model": args.teacher or minilm(), "epochs": 1.0, "learning_rate": 5e-5, "batch_size": 32},
         "student": {"layers": [0, 5]},
         "data": {"train": str(SHARED / "sst2/train.tsv"), "validation": str(SHARED / "sst2/dev.tsv"),
                  "text_column": "sentence", "max_length": 64, "max_train_samples": args.train_rows},
@@ -82,24 +92,35 @@ def main():
     ap.add_argument("--student-epochs", type=float, default=3.0)
     ap.add_argument("--augment-factor", type=int, default=1, help="augmented copies per training text")
     ap.add_argument("--work", default=None, help=f"default: {CACHE}/sst2 (rows={{N}} when --train-rows)")
+    ap.add_argument("--teacher", default=None, help="an already fine-tuned teacher's model folder, used as it is")
+    ap.add_argument("--prepare-only", action="store_true", help="preprocess and label once, train no student")
     args = ap.parse_args()
     work = Path(args.work) if args.work else CACHE / ("sst2" if args.train_rows is None else f"sst2-rows{args.train_rows}")
     (work / "runs").mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
-    teacher = cached_teacher(config(args, {}, seeds[0]), work)
+    if args.teacher:
+        teacher = {"model_dir": args.teacher, "metrics": {}, "train_rows": None, "seconds": {"finetune": None}}
+    else:
+        teacher = cached_teacher(config(args, {}, seeds[0]), work)
+    if args.prepare_only:
+        for name in variants:
+            cfg = config(args, VARIANTS[name], seeds[0])
+            prepared(cfg, work, data_prefix(args, VARIANTS[name]), teacher["model_dir"])
+        return
     for seed in seeds:  # every variant once before the next seed: an interrupted run still compares them all
         for name in variants:
-            out = work / "runs" / f"{name}-seed{seed}.json"
+            label = run_label(args, name)
+            out = work / "runs" / f"{label}-seed{seed}.json"
             if out.is_file():
                 continue
             cfg = config(args, VARIANTS[name], seed)
-            prefix = f"transfer-aug{args.augment_factor}" if VARIANTS[name].get("transfer") else "plain"
+            prefix = data_prefix(args, VARIANTS[name])
             prep = prepared(cfg, work, prefix, teacher["model_dir"])
             with Timer() as t:
                 result = distill_student(cfg, work / f"{prefix}-prep", teacher["model_dir"], work / f"{prefix}-teval",
-                                         work / "students" / f"{name}-seed{seed}")
-            out.write_text(json.dumps({"variant": name, "seed": seed, "dev_accuracy": result["metrics"]["accuracy"],
+                                         work / "students" / f"{label}-seed{seed}")
+            out.write_text(json.dumps({"variant": label, "seed": seed, "dev_accuracy": result["metrics"]["accuracy"],
                                        "seconds": t.seconds, "train_runtime_s": result["train_runtime_s"],
                                        "train_rows": result["train_rows"], "teacher_mode": result["teacher_mode"],
                                        "data": prep}, indent=2))
@@ -107,10 +128,19 @@ def main():
     report(work, teacher, args)
 
 
+def data_prefix(args, variant: dict) -> str:
+    return f"transfer-aug{args.augment_factor}" if variant.get("transfer") else "plain"
+
+
+def run_label(args, name: str) -> str:
+    """A variant's name in the results; a transfer set other than the default factor 1 is part of it."""
+    return f"{name}-aug{args.augment_factor}" if VARIANTS[name].get("transfer") and args.augment_factor != 1 else name
+
+
 def report(work, teacher, args):
     runs = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("*.json"))]
     plain = json.loads((work / "plain.json").read_text()) if (work / "plain.json").is_file() else {}
-    t_acc = plain.get("teacher_dev_accuracy", teacher["metrics"]["accuracy"])
+    t_acc = plain["teacher_dev_accuracy"] if plain else teacher["metrics"]["accuracy"]
     by_variant = {}
     for r in runs:
         by_variant.setdefault(r["variant"], []).append(r)
