@@ -139,8 +139,10 @@ def run_label(args, name: str) -> str:
 
 def report(work, teacher, args):
     runs = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("*.json"))]
-    plain = json.loads((work / "plain.json").read_text()) if (work / "plain.json").is_file() else {}
-    t_acc = plain["teacher_dev_accuracy"] if plain else teacher["metrics"]["accuracy"]
+    # every prepared data variant scored the teacher on dev (with --teacher, the only place its accuracy is known)
+    prepared_runs = [json.loads(p.read_text()) for p in [work / "plain.json", *sorted(work.glob("transfer-aug*.json"))]
+                     if p.is_file()]
+    t_acc = prepared_runs[0]["teacher_dev_accuracy"] if prepared_runs else teacher["metrics"]["accuracy"]
     by_variant = {}
     for r in runs:
         by_variant.setdefault(r["variant"], []).append(r)
