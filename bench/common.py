@@ -96,6 +96,34 @@ def cached_teacher(cfg, work: Path) -> dict:
     return result
 
 
+def prepared(cfg, work: Path, name: str, teacher_dir: str) -> dict:
+    """Preprocessed data and the teacher's logits on it, once per data variant (plain, with a transfer set), in
+    `work/{name}-prep` and `work/{name}-teval`."""
+    from kdpipe.data import preprocess
+    from kdpipe.teacher import evaluate_teacher
+
+    done = work / f"{name}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    with Timer() as p:
+        info = preprocess(cfg, work / f"{name}-prep")
+    with Timer() as t:
+        teval = evaluate_teacher(cfg, work / f"{name}-prep", teacher_dir, work / f"{name}-teval")
+    result = {"sizes": info["sizes"], "transfer": info["transfer"], "teacher_metrics": teval["metrics"],
+              "seconds": {"preprocess": p.seconds, "teacher_logits": t.seconds}, "logits_rows": teval["logits_rows"]}
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def data_prefix(variant: dict, augment_factor: int) -> str:
+    return f"transfer-aug{augment_factor}" if variant.get("transfer") else "plain"
+
+
+def run_label(name: str, variant: dict, augment_factor: int) -> str:
+    """A variant's name in the results; a transfer set other than the default factor 1 is part of it."""
+    return f"{name}-aug{augment_factor}" if variant.get("transfer") and augment_factor != 1 else name
+
+
 def seed_summary(values: list[float]) -> dict:
     """Mean and spread over seeds: a gain is a claim only when it is larger than the spread."""
     import statistics

@@ -17,10 +17,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import CACHE, SHARED, Timer, cached_teacher, minilm, save, seed_summary
+from common import CACHE, SHARED, Timer, cached_teacher, data_prefix, minilm, prepared, run_label, save, seed_summary
 
 from kdpipe.config import load_config
-from kdpipe.data import load_prepared, preprocess
+from kdpipe.data import load_prepared
 from kdpipe.distill import distill_student, load_student_logits
 from kdpipe.metrics import compute_metrics, tune_thresholds
 from kdpipe.modeling import load_classifier, load_tokenizer, predict_logits
@@ -54,19 +54,6 @@ def scored(logits: dict, prep, cfg) -> dict:
         m = compute_metrics(logits[split], labels[split], prep.schema, thresholds)
         out[split] = {"macro_f1": m["macro_f1"], "micro_f1": m["micro_f1"]}
     return out
-
-
-def transfer_set(cfg, work: Path, teacher_dir: str) -> tuple[Path, Path]:
-    """The training data plus augmented copies, labelled once by the teacher (validation and test unchanged)."""
-    data, teval, done = work / "transfer-prep", work / "transfer-teval", work / "transfer.json"
-    if not done.is_file():
-        with Timer() as p:
-            info = preprocess(cfg, data)
-        with Timer() as t:
-            evaluate_teacher(cfg, data, teacher_dir, teval)
-        done.write_text(json.dumps({"sizes": info["sizes"], "transfer": info["transfer"],
-                                    "seconds": {"preprocess": p.seconds, "teacher_logits": t.seconds}}, indent=2))
-    return data, teval
 
 
 def main():
@@ -108,17 +95,21 @@ def main():
         return
     for name in args.variants.split(","):
         for seed in seeds:
-            out = work / "runs" / f"{name}-seed{seed}.json"
+            variant, label = VARIANTS[name], run_label(name, VARIANTS[name], args.augment_factor)
+            out = work / "runs" / f"{label}-seed{seed}.json"
             if out.is_file():
                 continue
-            run_cfg = config(args, seed, VARIANTS[name].get("alpha"), VARIANTS[name].get("transfer", False))
-            data, teval = (transfer_set(run_cfg, work, teacher["model_dir"]) if VARIANTS[name].get("transfer")
-                           else (prep_dir, work / "teval"))
-            student_dir = work / "students" / f"{name}-seed{seed}"
+            run_cfg = config(args, seed, variant.get("alpha"), variant.get("transfer", False))
+            data, teval = prep_dir, work / "teval"
+            if variant.get("transfer"):  # plain data: the teacher's teacher-prep; a transfer set: its own folder
+                prefix = data_prefix(variant, args.augment_factor)
+                prepared(run_cfg, work, prefix, teacher["model_dir"])
+                data, teval = work / f"{prefix}-prep", work / f"{prefix}-teval"
+            student_dir = work / "students" / f"{label}-seed{seed}"
             with Timer() as t:
                 distill_student(run_cfg, data, teacher["model_dir"], teval, student_dir)
             logits = {s: load_student_logits(student_dir, prep, s) for s in ("validation", "test")}
-            out.write_text(json.dumps({"variant": name, "seed": seed, **scored(logits, prep, run_cfg),
+            out.write_text(json.dumps({"variant": label, "seed": seed, **scored(logits, prep, run_cfg),
                                        "seconds": t.seconds}, indent=2))
     runs = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("*.json"))]
     summary = {}

@@ -35,12 +35,10 @@ import argparse
 import json
 from pathlib import Path
 
-from common import CACHE, SHARED, Timer, cached_teacher, minilm, save, seed_summary
+from common import CACHE, SHARED, Timer, cached_teacher, data_prefix, minilm, prepared, run_label, save, seed_summary
 
 from kdpipe.config import load_config
-from kdpipe.data import preprocess
 from kdpipe.distill import distill_student
-from kdpipe.teacher import evaluate_teacher
 
 FEATURES = [{"name": "auto"}, {"name": "hidden_mse", "weight": 1.0}, {"name": "attention_kl", "weight": 1.0}]
 VARIANTS = {
@@ -69,21 +67,6 @@ def config(args, variant: dict, seed: int):
     })
 
 
-def prepared(cfg, work, name: str, teacher_dir: str) -> dict:
-    """Preprocessed data and the teacher's logits on it, once per data variant (plain, with a transfer set)."""
-    done = work / f"{name}.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    with Timer() as p:
-        info = preprocess(cfg, work / f"{name}-prep")
-    with Timer() as t:
-        teval = evaluate_teacher(cfg, work / f"{name}-prep", teacher_dir, work / f"{name}-teval")
-    result = {"sizes": info["sizes"], "transfer": info["transfer"], "teacher_dev_accuracy": teval["metrics"]["accuracy"],
-              "seconds": {"preprocess": p.seconds, "teacher_logits": t.seconds}, "logits_rows": teval["logits_rows"]}
-    done.write_text(json.dumps(result, indent=2))
-    return result
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="logit,layers,transfer,both")
@@ -106,16 +89,16 @@ def main():
     if args.prepare_only:
         for name in variants:
             cfg = config(args, VARIANTS[name], seeds[0])
-            prepared(cfg, work, data_prefix(args, VARIANTS[name]), teacher["model_dir"])
+            prepared(cfg, work, data_prefix(VARIANTS[name], args.augment_factor), teacher["model_dir"])
         return
     for seed in seeds:  # every variant once before the next seed: an interrupted run still compares them all
         for name in variants:
-            label = run_label(args, name)
+            label = run_label(name, VARIANTS[name], args.augment_factor)
             out = work / "runs" / f"{label}-seed{seed}.json"
             if out.is_file():
                 continue
             cfg = config(args, VARIANTS[name], seed)
-            prefix = data_prefix(args, VARIANTS[name])
+            prefix = data_prefix(VARIANTS[name], args.augment_factor)
             prep = prepared(cfg, work, prefix, teacher["model_dir"])
             with Timer() as t:
                 result = distill_student(cfg, work / f"{prefix}-prep", teacher["model_dir"], work / f"{prefix}-teval",
@@ -128,21 +111,12 @@ def main():
     report(work, teacher, args)
 
 
-def data_prefix(args, variant: dict) -> str:
-    return f"transfer-aug{args.augment_factor}" if variant.get("transfer") else "plain"
-
-
-def run_label(args, name: str) -> str:
-    """A variant's name in the results; a transfer set other than the default factor 1 is part of it."""
-    return f"{name}-aug{args.augment_factor}" if VARIANTS[name].get("transfer") and args.augment_factor != 1 else name
-
-
 def report(work, teacher, args):
     runs = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("*.json"))]
     # every prepared data variant scored the teacher on dev (with --teacher, the only place its accuracy is known)
     prepared_runs = [json.loads(p.read_text()) for p in [work / "plain.json", *sorted(work.glob("transfer-aug*.json"))]
                      if p.is_file()]
-    t_acc = prepared_runs[0]["teacher_dev_accuracy"] if prepared_runs else teacher["metrics"]["accuracy"]
+    t_acc = prepared_runs[0]["teacher_metrics"]["accuracy"] if prepared_runs else teacher["metrics"]["accuracy"]
     by_variant = {}
     for r in runs:
         by_variant.setdefault(r["variant"], []).append(r)
