@@ -64,6 +64,9 @@ def main():
     # 2 epochs left the teacher far below a student trained 3 more epochs from its weights; 5 epochs (test
     # macro-F1 0.39) and 3 more with --teacher-finetune always (0.44) bring it level: docs/benchmarks.md (f)
     ap.add_argument("--teacher-epochs", type=float, default=5.0)
+    # one teacher for every student seed: a run given only --seeds 43 (as parallel_runs.sh starts them) must reuse
+    # the teacher prepared with the others, not train its own
+    ap.add_argument("--teacher-seed", type=int, default=42)
     ap.add_argument("--teacher-lr", type=float, default=1e-4)
     ap.add_argument("--teacher-finetune", default="auto", choices=["auto", "always", "never"],
                     help="'always' with --base-model set to a fine-tuned teacher trains it further")
@@ -79,7 +82,7 @@ def main():
     work = args.work or CACHE / ("goemotions" if args.train_rows is None else f"goemotions-rows{args.train_rows}")
     (work / "runs").mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    cfg = config(args, seeds[0])
+    cfg = config(args, args.teacher_seed)
     teacher = cached_teacher(cfg, work)
     prep_dir = work / "teacher-prep"  # the teacher's preprocessed data: the same splits for every student
     prep = load_prepared(prep_dir)

@@ -76,6 +76,9 @@ def main():
     ap.add_argument("--augment-factor", type=int, default=1, help="augmented copies per training text")
     ap.add_argument("--work", default=None, help=f"default: {CACHE}/sst2 (rows={{N}} when --train-rows)")
     ap.add_argument("--teacher", default=None, help="an already fine-tuned teacher's model folder, used as it is")
+    # one teacher for every student seed: a run given only --seeds 43 (as parallel_runs.sh starts them) must reuse
+    # the teacher prepared with the others, not train its own
+    ap.add_argument("--teacher-seed", type=int, default=42)
     ap.add_argument("--prepare-only", action="store_true", help="preprocess and label once, train no student")
     args = ap.parse_args()
     work = Path(args.work) if args.work else CACHE / ("sst2" if args.train_rows is None else f"sst2-rows{args.train_rows}")
@@ -85,7 +88,7 @@ def main():
     if args.teacher:
         teacher = {"model_dir": args.teacher, "metrics": {}, "train_rows": None, "seconds": {"finetune": None}}
     else:
-        teacher = cached_teacher(config(args, {}, seeds[0]), work)
+        teacher = cached_teacher(config(args, {}, args.teacher_seed), work)
     if args.prepare_only:
         for name in variants:
             cfg = config(args, VARIANTS[name], seeds[0])
