@@ -7,6 +7,9 @@ initialisation and settings, each with every seed. Per-label decision thresholds
 model (teacher included), as kdpipe ships them; reported: macro- and micro-F1 on dev (thresholds tuned there:
 optimistic) and on test (the same thresholds applied: held out). Published BERT-base: macro-F1 0.46 on test.
 
+`--student-init pretrained` starts every student from layers [0, 5] of the *pretrained* MiniLM instead of the
+fine-tuned teacher's (new head): the no-teacher student then owes the teacher nothing, as in BERT-PKD's baseline.
+
     .venv/bin/python bench/quality_goemotions.py [--variants distilled,transfer,no_teacher] [--seeds 42,43]
 """
 
@@ -23,19 +26,31 @@ from kdpipe.config import load_config
 from kdpipe.data import load_prepared
 from kdpipe.distill import distill_student, load_student_logits
 from kdpipe.metrics import compute_metrics, tune_thresholds
-from kdpipe.modeling import load_classifier, load_tokenizer, predict_logits
+from kdpipe.modeling import derive_student, load_classifier, load_tokenizer, predict_logits
 from kdpipe.teacher import evaluate_teacher
 
 VARIANTS = {"distilled": {}, "transfer": {"transfer": True}, "no_teacher": {"alpha": 1.0}}
 
 
-def config(args, seed: int, alpha: float | None = None, transfer: bool = False):
+LAYERS = [0, 5]
+
+
+def pretrained_student(work: Path) -> str:
+    """LAYERS of the pretrained MiniLM, never fine-tuned, saved once with its tokenizer (kdpipe gives it a new head)."""
+    out = work / "pretrained-student"
+    if not (out / "config.json").is_file():
+        derive_student(load_classifier(minilm()), LAYERS).save_pretrained(str(out))
+        load_tokenizer(minilm()).save_pretrained(str(out))
+    return str(out)
+
+
+def config(args, seed: int, alpha: float | None = None, transfer: bool = False, student_model: str | None = None):
     g = SHARED / "goemotions"
     augment = {"augment": {"factor": args.augment_factor}} if transfer else {}
     return load_config(raw={
         "teacher": {"model": args.base_model or minilm(), "epochs": args.teacher_epochs, "learning_rate": args.teacher_lr,
                     "batch_size": 32, "finetune": args.teacher_finetune},
-        "student": {"layers": [0, 5]},
+        "student": {"model": student_model} if student_model else {"layers": LAYERS},
         "data": {"train": str(g / "train.tsv"), "validation": str(g / "dev.tsv"), "test": str(g / "test.tsv"),
                  "header": False, "column_names": ["text", "labels", "id"], "label_columns": ["labels"],
                  "label_names_file": str(g / "emotions.txt"), "max_length": 64, "max_train_samples": args.train_rows},
@@ -73,6 +88,8 @@ def main():
     ap.add_argument("--prepare-only", action="store_true", help="fine-tune and score the teacher, train no student")
     ap.add_argument("--student-epochs", type=float, default=3.0)
     ap.add_argument("--augment-factor", type=int, default=1, help="augmented copies per training text (transfer)")
+    ap.add_argument("--student-init", default="teacher", choices=["teacher", "pretrained"],
+                    help="layers [0, 5] of the fine-tuned teacher (kdpipe's student.layers) or of the pretrained MiniLM")
     ap.add_argument("--alpha", type=float, default=0.3)
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--work", type=Path, default=None)
@@ -96,13 +113,15 @@ def main():
     teacher_scores = json.loads(teacher_file.read_text())
     if args.prepare_only:
         return
+    student_model = pretrained_student(work) if args.student_init == "pretrained" else None
     for name in args.variants.split(","):
         for seed in seeds:
             variant, label = VARIANTS[name], run_label(name, VARIANTS[name], args.augment_factor)
+            label += "-pretrained-init" if student_model else ""
             out = work / "runs" / f"{label}-seed{seed}.json"
             if out.is_file():
                 continue
-            run_cfg = config(args, seed, variant.get("alpha"), variant.get("transfer", False))
+            run_cfg = config(args, seed, variant.get("alpha"), variant.get("transfer", False), student_model)
             data, teval = prep_dir, work / "teval"
             if variant.get("transfer"):  # plain data: the teacher's teacher-prep; a transfer set: its own folder
                 prefix = data_prefix(variant, args.augment_factor)
@@ -124,7 +143,7 @@ def main():
         summary[name]["seconds_mean"] = sum(r["seconds"] for r in rs) / len(rs)
     save("quality_goemotions", {"teacher": {**teacher_scores, "train_rows": teacher["train_rows"],
                                             "finetune_seconds": teacher["seconds"]["finetune"]},
-                                "student": "MiniLM-L6 layers [0, 5]", "alpha": args.alpha,
+                                "student": f"MiniLM-L6 layers {LAYERS}, from the {args.student_init} weights", "alpha": args.alpha,
                                 "temperature": args.temperature, "variants": summary, "runs": runs})
 
 
