@@ -96,19 +96,25 @@ def cached_teacher(cfg, work: Path) -> dict:
     return result
 
 
+def variant_dirs(work: Path, name: str) -> tuple[Path, Path]:
+    """A data variant's preprocessed data and teacher-logit folders, as `prepared` writes them."""
+    return work / f"{name}-prep", work / f"{name}-teval"
+
+
 def prepared(cfg, work: Path, name: str, teacher_dir: str) -> dict:
     """Preprocessed data and the teacher's logits on it, once per data variant (plain, with a transfer set), in
-    `work/{name}-prep` and `work/{name}-teval`."""
+    `variant_dirs(work, name)`."""
     from kdpipe.data import preprocess
     from kdpipe.teacher import evaluate_teacher
 
     done = work / f"{name}.json"
     if done.is_file():
         return json.loads(done.read_text())
+    data, teval_dir = variant_dirs(work, name)
     with Timer() as p:
-        info = preprocess(cfg, work / f"{name}-prep")
+        info = preprocess(cfg, data)
     with Timer() as t:
-        teval = evaluate_teacher(cfg, work / f"{name}-prep", teacher_dir, work / f"{name}-teval")
+        teval = evaluate_teacher(cfg, data, teacher_dir, teval_dir)
     result = {"sizes": info["sizes"], "transfer": info["transfer"], "teacher_metrics": teval["metrics"],
               "seconds": {"preprocess": p.seconds, "teacher_logits": t.seconds}, "logits_rows": teval["logits_rows"]}
     done.write_text(json.dumps(result, indent=2))

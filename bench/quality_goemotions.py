@@ -20,7 +20,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import CACHE, SHARED, Timer, cached_teacher, data_prefix, minilm, prepared, run_label, save, seed_summary
+from common import (CACHE, SHARED, Timer, cached_teacher, data_prefix, minilm, prepared, run_label, save, seed_summary,
+                    variant_dirs)
 
 from kdpipe.config import load_config
 from kdpipe.data import load_prepared
@@ -30,8 +31,6 @@ from kdpipe.modeling import derive_student, load_classifier, load_tokenizer, pre
 from kdpipe.teacher import evaluate_teacher
 
 VARIANTS = {"distilled": {}, "transfer": {"transfer": True}, "no_teacher": {"alpha": 1.0}}
-
-
 LAYERS = [0, 5]
 
 
@@ -126,7 +125,7 @@ def main():
             if variant.get("transfer"):  # plain data: the teacher's teacher-prep; a transfer set: its own folder
                 prefix = data_prefix(variant, args.augment_factor)
                 prepared(run_cfg, work, prefix, teacher["model_dir"])
-                data, teval = work / f"{prefix}-prep", work / f"{prefix}-teval"
+                data, teval = variant_dirs(work, prefix)
             student_dir = work / "students" / f"{label}-seed{seed}"
             with Timer() as t:
                 distill_student(run_cfg, data, teacher["model_dir"], teval, student_dir)

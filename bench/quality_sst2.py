@@ -35,7 +35,8 @@ import argparse
 import json
 from pathlib import Path
 
-from common import CACHE, SHARED, Timer, cached_teacher, data_prefix, minilm, prepared, run_label, save, seed_summary
+from common import (CACHE, SHARED, Timer, cached_teacher, data_prefix, minilm, prepared, run_label, save, seed_summary,
+                    variant_dirs)
 
 from kdpipe.config import load_config
 from kdpipe.distill import distill_student
@@ -103,9 +104,9 @@ def main():
             cfg = config(args, VARIANTS[name], seed)
             prefix = data_prefix(VARIANTS[name], args.augment_factor)
             prep = prepared(cfg, work, prefix, teacher["model_dir"])
+            data, teval = variant_dirs(work, prefix)
             with Timer() as t:
-                result = distill_student(cfg, work / f"{prefix}-prep", teacher["model_dir"], work / f"{prefix}-teval",
-                                         work / "students" / f"{label}-seed{seed}")
+                result = distill_student(cfg, data, teacher["model_dir"], teval, work / "students" / f"{label}-seed{seed}")
             out.write_text(json.dumps({"variant": label, "seed": seed, "dev_accuracy": result["metrics"]["accuracy"],
                                        "seconds": t.seconds, "train_runtime_s": result["train_runtime_s"],
                                        "train_rows": result["train_rows"], "teacher_mode": result["teacher_mode"],
