@@ -33,6 +33,7 @@ from kdpipe.teacher import evaluate_teacher
 
 VARIANTS = {"distilled": {}, "transfer": {"transfer": True}, "no_teacher": {"alpha": 1.0}}
 LAYERS = [0, 5]
+STUDENT_LR = 1e-4  # kdpipe's student from the teacher's layers; a run at another rate says so in its label
 
 
 def pretrained_student(work: Path) -> str:
@@ -91,7 +92,7 @@ def main():
     ap.add_argument("--student-init", default="teacher", choices=["teacher", "pretrained"],
                     help="layers [0, 5] of the fine-tuned teacher (kdpipe's student.layers) or of the pretrained MiniLM")
     # the pretrained-init student stays at the label priors for 3 epochs at 1e-4: it needs its own rate
-    ap.add_argument("--student-lr", type=float, default=1e-4)
+    ap.add_argument("--student-lr", type=float, default=STUDENT_LR)
     ap.add_argument("--alpha", type=float, default=0.3)
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--work", type=Path, default=None)
@@ -116,11 +117,11 @@ def main():
     if args.prepare_only:
         return
     student_model = pretrained_student(work) if args.student_init == "pretrained" else None
+    suffix = ("-pretrained-init" if student_model else "") + (
+        f"-lr{args.student_lr:g}" if args.student_lr != STUDENT_LR else "")
     for name in args.variants.split(","):
         for seed in seeds:
-            variant, label = VARIANTS[name], run_label(name, VARIANTS[name], args.augment_factor)
-            label += "-pretrained-init" if student_model else ""
-            label += f"-lr{args.student_lr:g}" if args.student_lr != 1e-4 else ""
+            variant, label = VARIANTS[name], run_label(name, VARIANTS[name], args.augment_factor) + suffix
             out = work / "runs" / f"{label}-seed{seed}.json"
             if out.is_file():
                 continue
