@@ -121,6 +121,11 @@ def prepared(cfg, work: Path, name: str, teacher_dir: str) -> dict:
     return result
 
 
+# the feature losses beside the default logit term ("auto": softmax_kl or sigmoid_bce, from the task); they need the
+# teacher's hidden states and attentions, so the teacher runs online
+FEATURES = [{"name": "auto"}, {"name": "hidden_mse", "weight": 1.0}, {"name": "attention_kl", "weight": 1.0}]
+
+
 def data_prefix(variant: dict, augment_factor: int) -> str:
     return f"transfer-aug{augment_factor}" if variant.get("transfer") else "plain"
 

@@ -35,13 +35,12 @@ import argparse
 import json
 from pathlib import Path
 
-from common import (CACHE, SHARED, Timer, cached_teacher, data_prefix, minilm, prepared, run_label, save, seed_summary,
-                    variant_dirs)
+from common import (CACHE, FEATURES, SHARED, Timer, cached_teacher, data_prefix, minilm, prepared, run_label, save,
+                    seed_summary, variant_dirs)
 
 from kdpipe.config import load_config
 from kdpipe.distill import distill_student
 
-FEATURES = [{"name": "auto"}, {"name": "hidden_mse", "weight": 1.0}, {"name": "attention_kl", "weight": 1.0}]
 VARIANTS = {
     "logit": {},
     "layers": {"losses": FEATURES},
