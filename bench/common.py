@@ -126,6 +126,14 @@ def prepared(cfg, work: Path, name: str, teacher_dir: str) -> dict:
 FEATURES = [{"name": "auto"}, {"name": "hidden_mse", "weight": 1.0}, {"name": "attention_kl", "weight": 1.0}]
 
 
+def variant_distillation(variant: dict, augment_factor: int) -> dict:
+    """A variant's distillation settings over a script's own: its losses, layer map, alpha and transfer set."""
+    out = {k: variant[k] for k in ("losses", "layer_map", "alpha") if k in variant}
+    if variant.get("transfer"):
+        out["augment"] = {"factor": augment_factor}
+    return out
+
+
 def data_prefix(variant: dict, augment_factor: int) -> str:
     return f"transfer-aug{augment_factor}" if variant.get("transfer") else "plain"
 

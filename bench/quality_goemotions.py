@@ -3,8 +3,8 @@
 Teacher: MiniLM-L6 fine-tuned here on all 43,410 training comments (cached in the work folder). Student: its
 layers [0, 5], distilled from the teacher's cached logits (sigmoid_bce; `transfer`: plus --augment-factor augmented
 copies of the training texts, labelled by the teacher; `layers_derived`: plus hidden_mse and attention_kl from the
-teacher layers the student was copied from, {1: 1, 2: 6}, the teacher online) or fine-tuned on the labels alone (alpha 1), same
-initialisation and settings, each with every seed. Per-label decision thresholds are tuned on dev for every
+teacher layers the student was copied from, {1: 1, 2: 6}, the teacher online) or fine-tuned on the labels alone
+(alpha 1), same initialisation and settings, each with every seed. Per-label decision thresholds are tuned on dev for every
 model (teacher included), as kdpipe ships them; reported: macro- and micro-F1 on dev (thresholds tuned there:
 optimistic) and on test (the same thresholds applied: held out). Published BERT-base: macro-F1 0.46 on test.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from common import (CACHE, FEATURES, SHARED, Timer, cached_teacher, data_prefix, minilm, prepared, run_label, save,
-                    seed_summary, variant_dirs)
+                    seed_summary, variant_dirs, variant_distillation)
 
 from kdpipe.config import load_config
 from kdpipe.data import load_prepared
@@ -53,10 +53,6 @@ def pretrained_student(work: Path) -> str:
 
 def config(args, seed: int, variant: dict | None = None, student_model: str | None = None):
     g = SHARED / "goemotions"
-    variant = variant or {}
-    extra = {k: variant[k] for k in ("losses", "layer_map") if k in variant}
-    if variant.get("transfer"):
-        extra["augment"] = {"factor": args.augment_factor}
     return load_config(raw={
         "teacher": {"model": args.base_model or minilm(), "epochs": args.teacher_epochs, "learning_rate": args.teacher_lr,
                     "batch_size": 32, "finetune": args.teacher_finetune},
@@ -64,9 +60,9 @@ def config(args, seed: int, variant: dict | None = None, student_model: str | No
         "data": {"train": str(g / "train.tsv"), "validation": str(g / "dev.tsv"), "test": str(g / "test.tsv"),
                  "header": False, "column_names": ["text", "labels", "id"], "label_columns": ["labels"],
                  "label_names_file": str(g / "emotions.txt"), "max_length": 64, "max_train_samples": args.train_rows},
-        "distillation": {"alpha": variant.get("alpha", args.alpha), "temperature": args.temperature,
-                         "epochs": args.student_epochs, "learning_rate": args.student_lr, "batch_size": 64, "warmup": 0.06,
-                         "seed": seed, **extra},
+        "distillation": {"alpha": args.alpha, "temperature": args.temperature, "epochs": args.student_epochs,
+                         "learning_rate": args.student_lr, "batch_size": 64, "warmup": 0.06, "seed": seed,
+                         **variant_distillation(variant or {}, args.augment_factor)},
     })
 
 

@@ -36,7 +36,7 @@ import json
 from pathlib import Path
 
 from common import (CACHE, FEATURES, SHARED, Timer, cached_teacher, data_prefix, minilm, prepared, run_label, save,
-                    seed_summary, variant_dirs)
+                    seed_summary, variant_dirs, variant_distillation)
 
 from kdpipe.config import load_config
 from kdpipe.distill import distill_student
@@ -55,9 +55,7 @@ VARIANTS = {
 def config(args, variant: dict, seed: int):
     distillation = {"alpha": 0.3, "temperature": 4.0, "epochs": args.student_epochs, "learning_rate": 1e-4,
                     "batch_size": 64, "warmup": 0.06, "seed": seed}
-    distillation.update({k: variant[k] for k in ("losses", "layer_map", "alpha") if k in variant})
-    if variant.get("transfer"):
-        distillation["augment"] = {"factor": args.augment_factor}
+    distillation.update(variant_distillation(variant, args.augment_factor))
     return load_config(raw={
         "teacher": {"model": args.teacher or minilm(), "epochs": 1.0, "learning_rate": 5e-5, "batch_size": 32},
         "student": {"layers": [0, 5]},
