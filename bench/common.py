@@ -121,9 +121,14 @@ def prepared(cfg, work: Path, name: str, teacher_dir: str) -> dict:
     return result
 
 
+# the quality benchmarks' student: these layers of MiniLM-L6 (the fine-tuned teacher's or the pretrained model's)
+STUDENT_LAYERS = [0, 5]
 # the feature losses beside the default logit term ("auto": softmax_kl or sigmoid_bce, from the task); they need the
 # teacher's hidden states and attentions, so the teacher runs online
 FEATURES = [{"name": "auto"}, {"name": "hidden_mse", "weight": 1.0}, {"name": "attention_kl", "weight": 1.0}]
+# student layer k learns from the teacher layer it was copied from ({1: 1, 2: 6}; counted from 1): the uniform map
+# {1: 3, 2: 6} pulls a copied layer away from its own teacher layer (docs/benchmarks.md (c))
+DERIVED_MAP = {k + 1: layer + 1 for k, layer in enumerate(STUDENT_LAYERS)}
 
 
 def variant_distillation(variant: dict, augment_factor: int) -> dict:

@@ -4,9 +4,9 @@ Teacher: MiniLM-L6 fine-tuned here on all 43,410 training comments (cached in th
 layers [0, 5], distilled from the teacher's cached logits (sigmoid_bce; `transfer`: plus --augment-factor augmented
 copies of the training texts, labelled by the teacher; `layers_derived`: plus hidden_mse and attention_kl from the
 teacher layers the student was copied from, {1: 1, 2: 6}, the teacher online) or fine-tuned on the labels alone
-(alpha 1), same initialisation and settings, each with every seed. Per-label decision thresholds are tuned on dev for every
-model (teacher included), as kdpipe ships them; reported: macro- and micro-F1 on dev (thresholds tuned there:
-optimistic) and on test (the same thresholds applied: held out). Published BERT-base: macro-F1 0.46 on test.
+(alpha 1), same initialisation and settings, each with every seed. Per-label decision thresholds are tuned on
+dev for every model (teacher included), as kdpipe ships them; reported: macro- and micro-F1 on dev (thresholds
+tuned there: optimistic) and on test (the same thresholds applied: held out). Published BERT-base: macro-F1 0.46 on test.
 
 `--student-init pretrained` starts every student from layers [0, 5] of the *pretrained* MiniLM instead of the
 fine-tuned teacher's (new head): the no-teacher student then owes the teacher nothing, as in BERT-PKD's baseline.
@@ -22,8 +22,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import (CACHE, FEATURES, SHARED, Timer, cached_teacher, data_prefix, minilm, prepared, run_label, save,
-                    seed_summary, variant_dirs, variant_distillation)
+from common import (CACHE, DERIVED_MAP, FEATURES, SHARED, STUDENT_LAYERS, Timer, cached_teacher, data_prefix, minilm,
+                    prepared, run_label, save, seed_summary, variant_dirs, variant_distillation)
 
 from kdpipe.config import load_config
 from kdpipe.data import load_prepared
@@ -32,10 +32,7 @@ from kdpipe.metrics import compute_metrics, tune_thresholds
 from kdpipe.modeling import derive_student, load_classifier, load_tokenizer, predict_logits
 from kdpipe.teacher import evaluate_teacher
 
-LAYERS = [0, 5]
-# student layer k learns from the teacher layer it was copied from (for either init: the teacher was fine-tuned from
-# the same pretrained MiniLM); the uniform map {1: 3, 2: 6} hurt on SST-2, docs/benchmarks.md (c)
-DERIVED_MAP = {k + 1: layer + 1 for k, layer in enumerate(LAYERS)}
+# DERIVED_MAP holds for either init: the teacher was fine-tuned from the same pretrained MiniLM
 VARIANTS = {"distilled": {}, "transfer": {"transfer": True},
             "layers_derived": {"losses": FEATURES, "layer_map": DERIVED_MAP}, "no_teacher": {"alpha": 1.0}}
 # kdpipe's student from the teacher's layers; a run at another rate or length says so in its label
@@ -43,10 +40,10 @@ STUDENT_LR, STUDENT_EPOCHS = 1e-4, 3.0
 
 
 def pretrained_student(work: Path) -> str:
-    """LAYERS of the pretrained MiniLM, never fine-tuned, saved once with its tokenizer (kdpipe gives it a new head)."""
+    """STUDENT_LAYERS of the pretrained MiniLM, never fine-tuned, saved once with its tokenizer (new head in kdpipe)."""
     out = work / "pretrained-student"
     if not (out / "config.json").is_file():
-        derive_student(load_classifier(minilm()), LAYERS).save_pretrained(str(out))
+        derive_student(load_classifier(minilm()), STUDENT_LAYERS).save_pretrained(str(out))
         load_tokenizer(minilm()).save_pretrained(str(out))
     return str(out)
 
@@ -56,7 +53,7 @@ def config(args, seed: int, variant: dict | None = None, student_model: str | No
     return load_config(raw={
         "teacher": {"model": args.base_model or minilm(), "epochs": args.teacher_epochs, "learning_rate": args.teacher_lr,
                     "batch_size": 32, "finetune": args.teacher_finetune},
-        "student": {"model": student_model} if student_model else {"layers": LAYERS},
+        "student": {"model": student_model} if student_model else {"layers": STUDENT_LAYERS},
         "data": {"train": str(g / "train.tsv"), "validation": str(g / "dev.tsv"), "test": str(g / "test.tsv"),
                  "header": False, "column_names": ["text", "labels", "id"], "label_columns": ["labels"],
                  "label_names_file": str(g / "emotions.txt"), "max_length": 64, "max_train_samples": args.train_rows},
@@ -155,7 +152,7 @@ def main():
         summary[name]["seconds_mean"] = sum(r["seconds"] for r in rs) / len(rs)
     save("quality_goemotions", {"teacher": {**teacher_scores, "train_rows": teacher["train_rows"],
                                             "finetune_seconds": teacher["seconds"]["finetune"]},
-                                "student": f"MiniLM-L6 layers {LAYERS}, from the {args.student_init} weights",
+                                "student": f"MiniLM-L6 layers {STUDENT_LAYERS}, from the {args.student_init} weights",
                                 "alpha": args.alpha,
                                 "temperature": args.temperature, "variants": summary, "runs": runs})
 

@@ -35,8 +35,8 @@ import argparse
 import json
 from pathlib import Path
 
-from common import (CACHE, FEATURES, SHARED, Timer, cached_teacher, data_prefix, minilm, prepared, run_label, save,
-                    seed_summary, variant_dirs, variant_distillation)
+from common import (CACHE, DERIVED_MAP, FEATURES, SHARED, STUDENT_LAYERS, Timer, cached_teacher, data_prefix, minilm,
+                    prepared, run_label, save, seed_summary, variant_dirs, variant_distillation)
 
 from kdpipe.config import load_config
 from kdpipe.distill import distill_student
@@ -46,8 +46,8 @@ VARIANTS = {
     "layers": {"losses": FEATURES},
     "transfer": {"transfer": True},
     "both": {"losses": FEATURES, "transfer": True},
-    "layers_derived": {"losses": FEATURES, "layer_map": {1: 1, 2: 6}},
-    "both_derived": {"losses": FEATURES, "layer_map": {1: 1, 2: 6}, "transfer": True},
+    "layers_derived": {"losses": FEATURES, "layer_map": DERIVED_MAP},
+    "both_derived": {"losses": FEATURES, "layer_map": DERIVED_MAP, "transfer": True},
     "no_teacher": {"alpha": 1.0},
 }
 
@@ -58,7 +58,7 @@ def config(args, variant: dict, seed: int):
     distillation.update(variant_distillation(variant, args.augment_factor))
     return load_config(raw={
         "teacher": {"model": args.teacher or minilm(), "epochs": 1.0, "learning_rate": 5e-5, "batch_size": 32},
-        "student": {"layers": [0, 5]},
+        "student": {"layers": STUDENT_LAYERS},
         "data": {"train": str(SHARED / "sst2/train.tsv"), "validation": str(SHARED / "sst2/dev.tsv"),
                  "text_column": "sentence", "max_length": 64, "max_train_samples": args.train_rows},
         "distillation": distillation,
@@ -139,7 +139,7 @@ def report(work, teacher, args):
             s["gain_pt_per_extra_hour"] = s["gain_over_logit_pt"] / extra_hours if extra_hours > 0 else None
     save("quality_sst2", {"teacher": {"dev_accuracy": t_acc, "train_rows": teacher["train_rows"],
                                       "finetune_seconds": teacher["seconds"]["finetune"]},
-                          "student": "MiniLM-L6 layers [0, 5]", "augment_factor": args.augment_factor,
+                          "student": f"MiniLM-L6 layers {STUDENT_LAYERS}", "augment_factor": args.augment_factor,
                           "variants": summary, "runs": runs})
 
 
