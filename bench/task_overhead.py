@@ -61,7 +61,7 @@ def main() -> None:
         log, summary = Path(args.log).read_text(), json.loads(Path(args.summary).read_text())
     else:
         out = Path("kdpipe-runs/bench-task-overhead")
-        done = subprocess.run([sys.executable, "-m", "kdpipe.cli", "run", args.config, "--output-dir", str(out)],
+        done = subprocess.run([sys.executable, "-m", "kdpipe_kfp.cli", "run", args.config, "--output-dir", str(out)],
                               capture_output=True, text=True)
         log, summary = done.stdout + done.stderr, json.loads((out / "summary.json").read_text())
     result = breakdown(log, summary)

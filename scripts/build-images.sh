@@ -56,7 +56,7 @@ SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; rm -rf build/context' EXIT
 rm -rf build/context
 mkdir -p build/context/scripts
-cp -a pyproject.toml constraints.txt README.md src components pipelines build/context/  # -a: mtimes kept, so an unchanged rebuild is a cache hit
+cp -a pyproject.toml constraints.txt README.md src build/context/  # -a: mtimes kept, so an unchanged rebuild is a cache hit
 cp -a scripts/install.sh build/context/scripts/
 find build/context -name __pycache__ -prune -exec rm -rf {} +
 previous=$(docker image inspect -f '{{.Id}}' "$TAG" 2>/dev/null || true)

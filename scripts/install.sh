@@ -9,7 +9,11 @@ cd "$(dirname "$0")/.."
 PY=${KDPIPE_PYTHON:-python}
 EXTRAS=${1:-}
 TORCH="torch==${KDPIPE_TORCH_VERSION:-2.13.0}"
-PIP=("$PY" -m pip install -q --disable-pip-version-check)
+PIP=(pip_quiet "$PY" -m pip install -q --disable-pip-version-check)
+# A machine whose pip.conf lists package folders it does not have makes pip warn once per package it resolves
+# ("Location ... is ignored"): hundreds of lines that say nothing about this install. Those lines alone are
+# dropped; every other warning and error still shows.
+pip_quiet() { "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory" >&2); }
 if [ -n "${KDPIPE_WHEELHOUSE:-}" ]; then
   PIP+=(--no-index --find-links "$KDPIPE_WHEELHOUSE")
 fi

@@ -119,3 +119,43 @@ def parent_and_children(root, run_id):
     parent = client.get_run(run_id)
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
     return parent, {c.data.tags["kdpipe.role"]: c for c in children}
+
+
+def run_in_terminal(args: list[str], columns: int = 120, timeout: float = 900) -> tuple[int, str]:
+    """`kdpipe ARGS` in a pseudo-terminal, as a person runs it: (exit code, what the terminal received)."""
+    import fcntl
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "kdpipe_kfp.cli", *args], stdin=slave, stdout=slave,
+                               stderr=slave, close_fds=True)
+    os.close(slave)
+    received, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed: the process and its children are done with it
+            break
+        if not chunk:
+            break
+        received += chunk
+    os.close(master)
+    return process.wait(timeout=60), received.decode(errors="replace")
+
+
+def screen_lines(output: str) -> list[str]:
+    """The lines left on the screen: a line redrawn in place (\\r, as a progress bar does) counts once, as its
+    last state; blank lines and cleared bars are not counted."""
+    import re
+
+    lines = []
+    for raw in output.replace("\r\n", "\n").split("\n"):
+        shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.split("\r")[-1]).strip()
+        if shown:
+            lines.append(shown)
+    return lines

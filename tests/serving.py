@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.cli import main
+from kdpipe_kfp.cli import main
 
 
 def free_port() -> int:

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from kdpipe.cli import main
+from kdpipe_kfp.cli import main
 from tests.kfp_api import KfpApi, check_body
 
 
@@ -86,6 +86,7 @@ def test_bad_cron_is_refused_before_sending(kfp_api, portable, capsys, cron, why
 
 @pytest.mark.parametrize("override, key", [
     ("data.train={local}", "data.train"),
+    ("data.unlabeled={local}", "data.unlabeled"),
     ("teacher.model={folder}", "teacher.model"),
     ("tracking.uri=sqlite:///mlflow.db", "kdpipe submit/schedule: tracking.uri"),
 ])
@@ -94,7 +95,8 @@ def test_local_paths_are_refused_before_sending(kfp_api, portable, tmp_path, cap
     (tmp_path / "model").mkdir()
     value = override.format(local=tmp_path / "train.csv", folder=tmp_path / "model")
     assert main(["submit", str(portable), "--host", kfp_api.host, "--set", value]) == 2
-    err = capsys.readouterr().err
+    assert main(["submit", str(portable), "--host", kfp_api.host, "--set", value, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[0] + "\n"
     assert err.startswith(f"kdpipe: {key} ") and len(err.strip().splitlines()) == 1, err
     assert kfp_api.requests == []
 

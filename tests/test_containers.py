@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from kdpipe import __version__
-from kdpipe.cli import main
+from kdpipe_kfp.cli import main
 from tests.test_preflight import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +85,16 @@ def test_docker_runner_refuses_what_a_container_cannot_share(tmp_path, capsys):
     code = main(["run", str(ROOT / "configs/demo.yaml"), "--runner", "docker", "--set", "tracking.uri=http://127.0.0.1:9",
                  "--set", "hpo.enabled=true", "--output-dir", str(tmp_path)])
     assert code == 2 and "hpo.storage journal:" in capsys.readouterr().err
+
+
+def test_docker_runner_mounts_every_local_input_read_only(tmp_path):
+    """What the containers see of this machine: each local input file and model folder the config names
+    (config.input_files / input_models), data.unlabeled included, mounted read-only at its own path."""
+    from kdpipe.config import load_config
+    from kdpipe_kfp.containers import local_inputs
+
+    extra = tmp_path / "unlabeled.csv"
+    extra.write_text("text\nan unlabelled review\n")
+    cfg = load_config(ROOT / "configs/demo.yaml", [f"data.unlabeled={extra}", "tracking.uri=http://127.0.0.1:9"])
+    assert local_inputs(cfg) == sorted([str(extra), str(ROOT / "data/demo/train.csv"),
+                                        str(ROOT / "data/demo/validation.csv")])

@@ -91,12 +91,35 @@ GOOD = "sentence\tlabel\na fine film\t1\na dull film\t0\nquite good\t1\nnot good
     ("text\tlabel\na fine film\t1\nbad\t0\n", r"train.tsv: column\(s\) \['sentence'\] not found; the file has columns \['text', 'label'\]"),
     ("sentence\tlabel\n", r"train.tsv: the train split is empty"),
     ("sentence\tlabel\ngood\t1\nbad\t0\nmeh\t\n", r"train.tsv: column 'label', row 3 .*'meh'.*missing label"),
+    # The header: a column named twice, a near miss, no header at all, columns swapped.
+    ("sentence\tlabel\tlabel\na fine film\t1\t0\nbad\t0\t1\n",
+     r"train.tsv: the header names column\(s\) \['label'\] more than once"),
+    ("sentence\tlabel\t\na fine film\t1\t\nbad\t0\t\n", r"train.tsv: the header leaves column\(s\) \[3\] .*without a name"),
+    ("Sentence \tlabel\na fine film\t1\nbad\t0\n", r"\['sentence'\] not found.*'sentence' is not 'Sentence '"),
+    ("a fine film with a plot\t1\nbad\t0\nok\t1\n",
+     r"not found.*the first row looks like data, not a header: .*data.header: false and data.column_names"),
+    ("sentence\tlabel\n1\ta fine film\n0\tbad\n",
+     r"train.tsv: column 'sentence' holds only numbers \(row 1 .*\). Is data.text_column the column"),
+    ("sentence\tlabel\n" + "".join(f"film number {i}\tgreat film number {i}\n" for i in range(30)),
+     r"train.tsv: column 'label' has 30 distinct values in 30 rows .*not class labels. Is data.label_columns"),
 ])
 def test_bad_train_files(tmp_path, tiny_bert, train, pattern):
     cfg = data_cfg(tiny_bert, write(tmp_path / "train.tsv", train), write(tmp_path / "dev.tsv", GOOD),
                    text_column="sentence")
     with pytest.raises(DataError, match=pattern):
         load_and_validate(cfg.data)
+
+
+@pytest.mark.parametrize("data, pattern", [
+    ({"text_column": "label"}, r"data: data.text_column 'label' is also in data.label_columns"),
+    ({"label_columns": ["a", "b", "a"]}, r"data.label_columns names \['a'\] more than once"),
+    ({"header": False, "column_names": ["text", "label", "text"]}, r"data.column_names names a column more than once"),
+])
+def test_columns_the_config_cannot_mean(tmp_path, tiny_bert, data, pattern):
+    from kdpipe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=pattern):
+        data_cfg(tiny_bert, write(tmp_path / "train.tsv", GOOD), write(tmp_path / "dev.tsv", GOOD), **data)
 
 
 def test_label_outside_label_set(tmp_path, tiny_bert):

@@ -51,7 +51,7 @@ def test_sst2_minilm_to_two_layers(tmp_path, shared_data, minilm_path):
     assert exported["metrics_int8"]["accuracy"] > 0.68
     gate = evaluate_gate(cfg.gate.model_copy(update={"min_metric": 0.7, "min_retention": 0.8}),
                          schema.primary_metric(), student["metrics"], teval["metrics"])
-    assert gate["passed"], gate["reasons"]
+    assert gate.passed, gate.reasons
     rows = OnnxClassifier(tmp_path / "onnx").predict(["a masterpiece , moving and funny .",
                                                       "a tedious , joyless mess ."])
     assert [r["labels"] for r in rows] == [["1"], ["0"]]
@@ -94,6 +94,7 @@ def test_jigsaw_multilabel(tmp_path, shared_data, minilm_path, capsys):
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("jigsaw")  # not whichever experiment an earlier test made active (of another store)
     with mlflow.start_run():
         info = log_text_model(tmp_path / "onnx", "toxic", ["you are great", "you idiot"])
     mlflow.MlflowClient().set_registered_model_alias("toxic", "champion", info.registered_model_version)

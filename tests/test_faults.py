@@ -11,11 +11,11 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from kdpipe.cli import main
+from kdpipe_kfp.cli import main
 from tests.conftest import parent_and_children, write_tiny_pipeline_config
 from tests.test_preflight import free_port
 
-KDPIPE = [sys.executable, "-m", "kdpipe.cli"]
+KDPIPE = [sys.executable, "-m", "kdpipe_kfp.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -136,13 +136,13 @@ def test_two_runs_started_together_on_a_fresh_store_both_finish_and_the_better_i
 
 def test_a_step_facing_a_dead_tracking_server_fails_in_seconds_in_one_line(faults):
     from kdpipe.config import load_config
-    from kdpipe.steps import preprocess_step
+    from kdpipe.steps import preprocess
 
     uri = f"http://127.0.0.1:{free_port()}"
     cfg = load_config(faults / "config.yaml", [f"tracking.uri={uri}"])
     started = time.monotonic()
     with pytest.raises(SystemExit) as exit_:
-        preprocess_step(cfg, "kdpipe-run-x", str(faults / "prep-x"))
+        preprocess(cfg, "kdpipe-run-x", str(faults / "prep-x"))
     message = str(exit_.value.code)
     assert time.monotonic() - started < 10
     assert message.startswith(f"kdpipe: the MLflow store at tracking.uri={uri} did not answer") and "\n" not in message

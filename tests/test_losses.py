@@ -198,3 +198,33 @@ def test_default_combined_loss_is_the_blog_loss_and_transfer_rows_have_no_hard_t
     hard = reference_single(s[:3], t[:3], y[:3], 1.0, 3.0)
     soft_all = reference_single(s, t, y, 0.0, 3.0)
     assert mixed == pytest.approx(0.4 * hard + 0.6 * soft_all, rel=1e-6)
+
+
+def test_a_new_logit_loss_is_one_registered_function(monkeypatch):
+    """Adding a logit loss touches one file: a function registered by name in kdpipe.losses. The config accepts
+    the name (as distillation.loss and as a term), the combined loss computes it, unknown names are refused with
+    the registered ones listed."""
+    from kdpipe import losses
+
+    monkeypatch.setattr(losses, "LOSSES", dict(losses.LOSSES))  # the registration below ends with this test
+
+    @losses.register("logit_mse")
+    def logit_mse(student_logits, teacher_logits, labels, alpha, temperature, labelled=None):
+        hard = torch.nn.functional.cross_entropy(student_logits, labels.long())
+        return alpha * hard + (1 - alpha) * (student_logits - teacher_logits).pow(2).mean()
+
+    raw = {"teacher": {"model": "org/t"}, "student": {"layers": [0]},
+           "data": {"dataset": "x", "train": "train", "validation": "validation"}}
+    cfg = load_config(raw=raw, overrides=["distillation.loss=logit_mse", "distillation.alpha=0.25"])
+    terms = cfg.distillation.loss_terms()
+    assert [(t.name, t.logit, t.alpha, t.uses_teacher_logits) for t in terms] == [("logit_mse", True, 0.25, True)]
+    s, t, y = torch.randn(4, 2), torch.randn(4, 2), torch.tensor([0, 1, 1, 0])
+    out = SimpleNamespace(logits=s)
+    combined = DistillationLoss(terms, SINGLE)(out, t, None, y, torch.ones(4, 3))
+    assert combined.item() == pytest.approx(logit_mse(s, t, y, 0.25, 4.0).item())
+    as_term = load_config(raw=raw, overrides=["distillation.losses=[{name: logit_mse, weight: 2}]"])
+    assert as_term.distillation.loss_terms()[0].name == "logit_mse"
+    with pytest.raises(ConfigError, match=r"distillation.loss: unknown loss 'logit_mae'.*logit_mse"):
+        load_config(raw=raw, overrides=["distillation.loss=logit_mae"])
+    with pytest.raises(ConfigError, match="'hidden_mse' is a feature loss"):
+        load_config(raw=raw, overrides=["distillation.loss=hidden_mse"])

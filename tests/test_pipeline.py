@@ -2,29 +2,36 @@
 branches and of bad input (KFP local runner, MLflow on SQLite), with tiny models."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import yaml
 
-from kdpipe.cli import main
-from tests.conftest import parent_and_children, registered_versions
+from kdpipe_kfp.cli import main
+from tests.conftest import parent_and_children, registered_versions, run_in_terminal, screen_lines
 from tests.serving import assert_served_as_predicted, served
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-def test_compiled_pipeline_is_up_to_date(tmp_path):
-    from kdpipe_kfp.kdpipe_pipeline import COMPILED, compile_pipeline
+COMPILED = ROOT / "pipelines" / "kdpipe_pipeline.yaml"
 
+
+def test_compiled_pipeline_and_components_are_up_to_date(tmp_path):
+    from kdpipe_kfp.pipeline import compile_components, compile_pipeline
+
+    fix = "run `kdpipe compile -o pipelines/kdpipe_pipeline.yaml --components components`"
     fresh = list(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text()))
-    assert COMPILED.is_file(), "run `kdpipe compile -o pipelines/kdpipe_pipeline.yaml`"
-    assert list(yaml.safe_load_all(COMPILED.read_text())) == fresh, \
-        "pipelines/kdpipe_pipeline.yaml is stale: run `kdpipe compile -o pipelines/kdpipe_pipeline.yaml`"
+    assert COMPILED.is_file() and list(yaml.safe_load_all(COMPILED.read_text())) == fresh, f"stale: {fix}"
+    specs = compile_components(tmp_path / "components")
+    assert sorted(p.name for p in specs) == sorted(p.name for p in (ROOT / "components").glob("*.yaml")), fix
+    for spec in specs:
+        assert yaml.safe_load(spec.read_text()) == yaml.safe_load((ROOT / "components" / spec.name).read_text()), \
+            f"components/{spec.name} is stale: {fix}"
 
 
 def test_pipeline_shape_gpu_retries_and_gate():
-    from kdpipe_kfp.kdpipe_pipeline import COMPILED
-
     spec, platform = yaml.safe_load_all(COMPILED.read_text())
     executors = spec["deploymentSpec"]["executors"]
     gpu = {name for name, ex in executors.items() if ex["container"].get("resources", {}).get("accelerator")}
@@ -94,14 +101,27 @@ CHAMPION_RUN = ["--set", "gate.min_metric=0.0", "--set", "tracking.registered_mo
 
 @pytest.fixture(scope="module")
 def first_champion(tiny_run):
-    """One passing run that registers the first champion of `passing`: (exit code, summary, printed)."""
-    import contextlib
-    import io
+    """One passing run, in a terminal, that registers the first champion of `passing`: (exit code, summary,
+    what the terminal showed)."""
+    out = tiny_run / "pass"
+    code, printed = run_in_terminal(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), *CHAMPION_RUN])
+    return code, json.loads((out / "summary.json").read_text()), printed
 
-    out, printed = tiny_run / "pass", io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = main(["run", str(tiny_run / "config.yaml"), "--output-dir", str(out), *CHAMPION_RUN])
-    return code, json.loads((out / "summary.json").read_text()), printed.getvalue()
+
+def test_a_run_in_a_terminal_reads_as_progress(first_champion):
+    """A line per step as it ends, a progress bar while the student trains, the summary; the log of KFP's runner
+    and of every step in the run's folder, not on the screen."""
+    code, summary, printed = first_champion
+    screen = screen_lines(printed)
+    assert code == 0 and len(screen) <= 40, "\n".join(screen)
+    ended = [line.split()[1] for line in screen if line.startswith("✓ ")]
+    assert ended == ["validate_tokenizers", "preprocess", "prepare_teacher", "evaluate_teacher", "hpo_best",
+                     "distill_student", "evaluate_gate", "export_register", "finish_tracking"], screen
+    bar = re.search(r"distill_student: training: +\d+%\|.*\| *\d+/(\d+) \[", printed)
+    assert bar, printed[-3000:]
+    assert "Executing task" not in printed and "RuntimeWarning" not in printed
+    log = (Path(summary["pipeline_root"]) / "kdpipe.log").read_text()
+    assert summary["log"].endswith("kdpipe.log") and "Executing task" in log and "progress: training" in log
 
 
 def test_gate_passes_exports_and_registers(tiny_run, first_champion, capsys, monkeypatch):
@@ -170,9 +190,9 @@ def test_an_unchanged_rerun_ends_unchanged_and_force_reaches_the_pipeline(tiny_r
     trained or registered. `--force` is a pipeline parameter that preprocess honours (checked on the step itself,
     and in what submit sends)."""
     from kdpipe.config import load_config
-    from kdpipe.steps import finish_step, preprocess_step
+    from kdpipe.steps import finish_tracking, preprocess
     from kdpipe_kfp.cluster import request
-    from kdpipe_kfp.kdpipe_pipeline import Placement
+    from kdpipe_kfp.pipeline import Placement
 
     code, summary, printed, (before, after) = unchanged_rerun
     assert code == 0 and summary["status"] == "unchanged", (summary, printed)
@@ -183,10 +203,10 @@ def test_an_unchanged_rerun_ends_unchanged_and_force_reaches_the_pipeline(tiny_r
     print(f"unchanged rerun: {summary['timings']['pipeline_wall_s']:.1f} s (the first run took "
           f"{first_champion[1]['timings']['pipeline_wall_s']:.1f} s)")
     cfg = load_config(tiny_run / "config.yaml", CHAMPION_RUN[1::2])
-    assert preprocess_step(cfg, "forced", str(tiny_run / "forced-prep"), force=True)["changed"] is True
-    assert preprocess_step(cfg, "not-forced", str(tiny_run / "unforced-prep"))["changed"] is False
+    assert preprocess(cfg, "forced", str(tiny_run / "forced-prep"), force=True)["changed"] is True
+    assert preprocess(cfg, "not-forced", str(tiny_run / "unforced-prep"))["changed"] is False
     for run in ("forced", "not-forced"):
-        finish_step(cfg, run, "SUCCEEDED")
+        finish_tracking(cfg, run, "SUCCEEDED")
     assert request(cfg, Placement(), "e", "n", force=True)["parameters"]["force"] is True  # what submit --force sends
     assert request(cfg, Placement(), "e", "n")["parameters"]["force"] is False
 
@@ -236,7 +256,7 @@ def test_hpo_on_new_data_judged_on_labelled_test_against_the_champion_rescored(t
     # MLflow: the HPO run (child of the pipeline run) holds one run per trial, the best params and the plots.
     client = MlflowClient(f"sqlite:///{tiny_run}/mlflow.db")
     parent, children = parent_and_children(tiny_run, summary["mlflow"]["parent_run_id"])
-    hpo_run = children["hpo"]
+    hpo_run = children["hpo_best"]
     assert hpo_run.info.status == "FINISHED"
     assert {f"best.{k}" for k in hpo["best_params"]} <= set(hpo_run.data.params)
     assert "report.html" in [a.path for a in client.list_artifacts(hpo_run.info.run_id)]

@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from kdpipe.cli import main
+from kdpipe_kfp.cli import main
 from tests.conftest import base_config, make_tiny_bert
 
 
@@ -106,12 +106,12 @@ def test_unreachable_optuna_database(config, capsys, monkeypatch):
 def test_the_first_step_refuses_a_bad_model_and_is_never_retried(config, models):
     """On a cluster there is no pre-flight: validate-tokenizers (no retry policy) refuses before any training."""
     from kdpipe.config import load_config
-    from kdpipe.steps import validate_tokenizers_step
-    from kdpipe_kfp.kdpipe_pipeline import COMPILED
+    from kdpipe.steps import validate_tokenizers
+    COMPILED = __import__("pathlib").Path(__file__).resolve().parents[1] / "pipelines" / "kdpipe_pipeline.yaml"
 
     cfg = load_config(config, [f"student.model={models[2]}", "student.layers=null"])
     with pytest.raises(SystemExit, match=r"kdpipe: ModelError: student.model .* only a pickle"):
-        validate_tokenizers_step(cfg, "no-retry")
+        validate_tokenizers(cfg, "no-retry")
     spec = yaml.safe_load_all(COMPILED.read_text()).__next__()
     handler = next(t for n, t in spec["root"]["dag"]["tasks"].items() if n.startswith("exit-handler"))
     tasks = spec["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
@@ -123,17 +123,17 @@ def test_a_retry_of_a_step_that_failed_on_bad_input_ends_at_once(config, tmp_pat
     from mlflow.tracking import MlflowClient
 
     from kdpipe.config import load_config
-    from kdpipe.steps import preprocess_step
+    from kdpipe.steps import preprocess
 
     bad = tmp_path / "train.csv"
     bad.write_text("sentence,label\nfine,1\n,0\nflat,0\n")
     cfg = load_config(config, [f"data.train={bad}"])
     with pytest.raises(SystemExit, match=r"kdpipe: DataError: .*train.csv: column 'sentence', row 2"):
-        preprocess_step(cfg, "retried", str(tmp_path / "prep-1"))
+        preprocess(cfg, "retried", str(tmp_path / "prep-1"))
     started = time.perf_counter()
     with pytest.raises(SystemExit, match=r"row 2.*an earlier attempt of this step failed on this bad input: not "
                                          r"retried"):
-        preprocess_step(cfg, "retried", str(tmp_path / "prep-2"))
+        preprocess(cfg, "retried", str(tmp_path / "prep-2"))
     assert time.perf_counter() - started < 5 and not (tmp_path / "prep-2").exists()
     client = MlflowClient(cfg.tracking.uri)
     runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id],

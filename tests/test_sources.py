@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from kdpipe.cli import main
+from kdpipe_kfp.cli import main
 from kdpipe.config import load_config
 from kdpipe.errors import DataError, ModelError
 from kdpipe.sources import fetch_file, fetch_model

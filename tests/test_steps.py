@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from kdpipe.cli import main
+from kdpipe_kfp.cli import main
 from kdpipe.config import LossTerm, StudentConfig, load_config
 from kdpipe.data import load_prepared, preprocess
 from kdpipe.errors import DataError, ExportError
@@ -226,13 +226,13 @@ def test_steps_that_need_no_model_import_no_torch(setup, student_artifact, tmp_p
     code = f"""
 import json, sys
 from pathlib import Path
-from kdpipe.steps import finish_step, gate_step, hpo_best_step
+from kdpipe.steps import finish_tracking, evaluate_gate, hpo_best
 config = Path({str(tmp_path / 'config.json')!r}).read_text()
-gate = gate_step(config, "no-torch", {str(root / 'prep')!r}, {str(student_artifact)!r}, {str(tmp_path / 'teval')!r},
+gate = evaluate_gate(config, "no-torch", {str(root / 'prep')!r}, {str(student_artifact)!r}, {str(tmp_path / 'teval')!r},
                  {{"accuracy": 0.5, "macro_f1": 0.5}}, 1.0)
-best = hpo_best_step(config, "no-torch", {str(root / 'prep')!r}, {str(tmp_path / 'report.html')!r},
+best = hpo_best(config, "no-torch", {str(root / 'prep')!r}, {str(tmp_path / 'report.html')!r},
                      {str(tmp_path / 'best')!r}, '{{"epochs": 2}}')
-finish_step(config, "no-torch", "SUCCEEDED")
+finish_tracking(config, "no-torch", "SUCCEEDED")
 print(json.dumps({{"torch": "torch" in sys.modules, "gate": gate["metric"], "params": best["params"]}}))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -1,7 +1,7 @@
 import pytest
 from transformers import BertTokenizerFast
 
-from kdpipe.cli import main
+from kdpipe_kfp.cli import main
 from kdpipe.config import load_config
 from kdpipe.errors import TokenizerMismatch
 from kdpipe.tokenizers import compare_tokenizers, validate_tokenizers

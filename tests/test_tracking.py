@@ -33,6 +33,7 @@ REGISTER_AND_PROMOTE = """
 import sys, time
 import mlflow
 from kdpipe.config import load_config
+from kdpipe.gate import GateDecision
 from kdpipe.registry import take_champion_if_better
 from kdpipe.tracking import experiment_id
 from pathlib import Path
@@ -49,7 +50,7 @@ with mlflow.start_run(experiment_id=experiment_id(cfg)) as run:
     mlflow.log_metric("gate_metric_value", value)
 version = client.create_model_version("m", run.info.artifact_uri, run.info.run_id).version
 # Every gate judged the same champion (v1) before any of them registered: each would promote.
-gate = {"passed": True, "promote_to_champion": True, "metric": "accuracy", "value": value, "champion_version": "1"}
+gate = GateDecision(passed=True, promote_to_champion=True, metric="accuracy", value=value, champion_version="1")
 (barrier / str(value)).touch()
 while len(list(barrier.iterdir())) < n:  # all registered: now they move the alias together
     time.sleep(0.01)
@@ -82,3 +83,41 @@ def test_racing_gates_leave_the_better_model_champion(tmp_path):
     champion = client.get_model_version_by_alias("m", "champion")
     assert client.get_run(champion.run_id).data.metrics["gate_metric_value"] == max(values), outs
     assert not client.search_registered_models("name = 'm.kdpipe-lock'"), "the lock was not released"
+
+
+def test_every_error_kind_has_one_retry_decision_one_status_and_one_exit_code(tmp_path):
+    """One classification (kdpipe.errors): each KdpipeError kind is bad input or setting: a one-line exit, tagged
+    on the step's run so that KFP's retry of the step ends at once, the run's status bad_input, exit 2. Anything
+    else is retried, and the run ends `error`, exit 1."""
+    import pytest
+
+    from kdpipe import errors
+    from kdpipe.config import load_config
+    from kdpipe.step import tracked_step
+    from kdpipe.summary import run_outcome, step_results
+    from kdpipe.tracking import find_parent, mlflow_client
+
+    cfg = load_config(raw={"teacher": {"model": "org/teacher"}, "student": {"layers": [0]},
+                           "data": {"dataset": "x", "train": "train", "validation": "validation"},
+                           "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "kinds"}})
+
+    @tracked_step()
+    def fails(ctx, error):
+        raise error
+
+    kinds = [k for k in vars(errors).values() if isinstance(k, type) and issubclass(k, errors.KdpipeError)]
+    assert len(kinds) == 8  # the base and its 7 kinds
+    for kind in kinds + [RuntimeError]:
+        run = f"run-{kind.__name__}"
+        bad = kind is not RuntimeError
+        with pytest.raises(SystemExit if bad else RuntimeError) as first:
+            fails(cfg, run, kind("what went wrong"))
+        # KFP's retry of the step: bad input ends at once, naming the first attempt; other failures run again.
+        with pytest.raises(SystemExit if bad else RuntimeError) as again:
+            fails(cfg, run, kind("what went wrong"))
+        if bad:
+            assert str(first.value) == f"kdpipe: {kind.__name__}: what went wrong"
+            assert "an earlier attempt of this step failed on this bad input: not retried" in str(again.value)
+        results = step_results(mlflow_client(cfg), find_parent(cfg, run))
+        status = run_outcome(results, failed=True)
+        assert (status, errors.exit_code(status)) == (("bad_input", 2) if bad else ("error", 1)), kind

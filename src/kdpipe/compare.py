@@ -5,9 +5,10 @@ registered version and its aliases now, and the settings that differ. An HTML re
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
+from kdpipe.gate import GateDecision
+from kdpipe.summary import run_outcome, step_results
 from kdpipe.tracking import ERROR_TAG, ROLE_TAG, RUN_TAG
 
 IGNORED_SETTINGS = ("tracking.tags", "output_dir")  # labels and local folders, not what decides a model
@@ -23,21 +24,6 @@ def pipeline_runs(client, experiment_id: str, run_ids: list[str] | None = None, 
     return list(reversed(runs))
 
 
-def _results(client, parent) -> dict:
-    """Each step's result.json under this pipeline run, by step name."""
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=100)
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for child in children:
-            try:
-                path = client.download_artifacts(child.info.run_id, "result.json", tmp)
-            except Exception:  # noqa: BLE001 (a step that failed before finishing has no result)
-                continue
-            out[child.data.tags.get(ROLE_TAG)] = {**json.loads(Path(path).read_text()), "_run_id": child.info.run_id}
-    return out
-
-
 def _trials(client, parent, hpo: dict | None) -> list[float]:
     """The HPO trials' metric values (trial runs under the HPO run)."""
     if not hpo or not hpo.get("metric"):
@@ -49,22 +35,14 @@ def _trials(client, parent, hpo: dict | None) -> list[float]:
 
 def describe(client, parent) -> dict:
     """One pipeline run as a row of the comparison."""
-    results = _results(client, parent)
-    gate, export = results.get("evaluate_gate", {}), results.get("export_register", {})
+    results = step_results(client, parent)
+    export = results.get("export_register", {})
+    gate = GateDecision.from_result(results["evaluate_gate"]) if "evaluate_gate" in results else GateDecision(False)
     registry = export.get("registry") or {}
-    metric = gate.get("metric")
-    teacher = (gate.get("teacher_metrics") or {}).get(metric) if metric else None
-    student = gate.get("value")
-    if results.get("preprocess", {}).get("unchanged"):
-        outcome = "unchanged"
-    elif parent.data.tags.get(ERROR_TAG):
-        outcome = "error"
-    elif registry:
-        outcome = "promoted" if registry.get("champion", {}).get("promoted") else "challenger"
-    elif gate:
-        outcome = "gate_failed"
-    else:
-        outcome = parent.info.status.lower()
+    metric, teacher, student = gate.metric, gate.teacher_value, gate.value
+    outcome = run_outcome(results, bool(parent.data.tags.get(ERROR_TAG)))
+    if outcome == "error" and parent.info.status == "RUNNING":
+        outcome = "running"
     aliases = []
     if registry.get("version"):
         try:
@@ -76,14 +54,14 @@ def describe(client, parent) -> dict:
     return {
         "run": parent.data.tags.get(RUN_TAG, parent.info.run_id), "run_id": parent.info.run_id,
         "started": parent.info.start_time, "outcome": outcome, "data": parent.data.tags.get("kdpipe.data_fingerprint"),
-        "metric": metric, "split": gate.get("split"), "teacher": teacher, "student": student,
+        "metric": metric, "split": gate.split, "teacher": teacher, "student": student,
         "retention": student / teacher if student is not None and teacher else None,
-        "latency_ms_b1": gate.get("latency_ms_b1"), "onnx_ms_b1": latency.get("int8_b1", latency.get("fp32_b1")),
+        "latency_ms_b1": gate.latency_ms_b1, "onnx_ms_b1": latency.get("int8_b1", latency.get("fp32_b1")),
         "size_mb": size.get("int8") or size.get("fp32"),
-        "champion": (gate.get("champion") or {}).get("champion_value"),
+        "champion": gate.champion_value,
         "version": registry.get("version"), "aliases": aliases,
         "settings": {k: v for k, v in parent.data.params.items() if not k.startswith(IGNORED_SETTINGS)},
-        "trials": _trials(client, parent, results.get("hpo")),
+        "trials": _trials(client, parent, results.get("hpo_best")),
     }
 
 

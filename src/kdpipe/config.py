@@ -112,6 +112,14 @@ class DataConfig(_Section):
             raise ValueError("set data.label_names or data.label_names_file, not both")
         if not self.header and not self.column_names:
             raise ValueError("data.header is false: set data.column_names to name the file's columns")
+        repeated = sorted({c for c in self.label_columns if self.label_columns.count(c) > 1})
+        if repeated:
+            raise ValueError(f"data.label_columns names {repeated} more than once")
+        if self.text_column in self.label_columns:
+            raise ValueError(f"data.text_column {self.text_column!r} is also in data.label_columns: the texts and "
+                             f"the labels are different columns")
+        if self.column_names and len(set(self.column_names)) != len(self.column_names):
+            raise ValueError(f"data.column_names names a column more than once: {self.column_names}")
         return self
 
 
@@ -128,14 +136,36 @@ class AugmentConfig(_Section):
     seed: int = Field(42, description="augmentation seed")
 
 
-LOGIT_LOSSES = ("auto", "softmax_kl", "sigmoid_bce")
-FEATURE_LOSSES = ("hidden_mse", "attention_kl")
+def loss_kind(name: str) -> str:
+    """`logit` or `feature`: what the loss registered under `name` (kdpipe.losses, the one list of losses)
+    compares. `auto` (the task's logit loss) is known without importing torch."""
+    if name == "auto":
+        return "logit"
+    from kdpipe.losses import FEATURES, LOSSES
+
+    if name in LOSSES:
+        return "logit"
+    if name in FEATURES:
+        return "feature"
+    raise ValueError(f"unknown loss {name!r}; registered in kdpipe.losses: logit losses {sorted(LOSSES)} (or auto), "
+                     f"feature losses {sorted(FEATURES)}")
+
+
+def _registered_loss(name: str) -> str:
+    loss_kind(name)
+    return name
+
+
+def _logit_loss(name: str) -> str:
+    if loss_kind(name) != "logit":
+        raise ValueError(f"{name!r} is a feature loss: give it as a term of distillation.losses")
+    return name
 
 
 class LossTerm(_Section):
     """One term of the distillation loss, from the registry in kdpipe.losses."""
 
-    name: Literal[LOGIT_LOSSES + FEATURE_LOSSES] = Field(
+    name: str = Field(
         description="`auto` / `softmax_kl` / `sigmoid_bce`: the logit loss (alpha, temperature); `hidden_mse`: MSE "
                     "between mapped hidden states (a learned linear projection when the widths differ); "
                     "`attention_kl`: KL between mapped layers' attention distributions")
@@ -144,18 +174,24 @@ class LossTerm(_Section):
     temperature: float | None = Field(None, gt=0.0, description="logit losses: default `distillation.temperature`")
     layer_map: dict[int, int] | None = Field(None, description="feature losses: default `distillation.layer_map`")
 
+    _registered = field_validator("name")(_registered_loss)
+
+    @property
+    def logit(self) -> bool:
+        return loss_kind(self.name) == "logit"
+
     @property
     def uses_teacher_logits(self) -> bool:
         """A logit term with a soft part (alpha < 1; alpha filled in by DistillationConfig.loss_terms)."""
-        return self.name in LOGIT_LOSSES and self.weight > 0 and self.alpha < 1.0
+        return self.logit and self.weight > 0 and self.alpha < 1.0
 
     @property
     def uses_teacher_features(self) -> bool:
-        return self.name in FEATURE_LOSSES and self.weight > 0
+        return not self.logit and self.weight > 0
 
     @model_validator(mode="after")
     def _settings(self):
-        logit = self.name in LOGIT_LOSSES
+        logit = self.logit
         wrong = [k for k in (("layer_map",) if logit else ("alpha", "temperature")) if getattr(self, k) is not None]
         if wrong:
             raise ValueError(f"{self.name} takes no {', '.join(wrong)}")
@@ -167,9 +203,9 @@ class DistillationConfig(_Section):
     (the blog's loss), optionally with intermediate-layer terms (`losses`) and a transfer set (`augment`,
     `data.unlabeled`)."""
 
-    loss: Literal["auto", "softmax_kl", "sigmoid_bce"] = Field(
-        "auto", description="a registered loss: `softmax_kl` (single-label) or `sigmoid_bce` (multi-label); `auto` "
-                            "picks the task's")
+    loss: str = Field(
+        "auto", description="a registered logit loss: `softmax_kl` (single-label) or `sigmoid_bce` (multi-label), or "
+                            "one you register in kdpipe.losses; `auto` picks the task's")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the hard-label loss; `1 - alpha` weighs the "
                                                           "teacher term")
     temperature: float = Field(4.0, gt=0.0, description="softening temperature T; the teacher term is scaled by T²")
@@ -197,12 +233,13 @@ class DistillationConfig(_Section):
     layer_map: dict[int, int] | None = Field(
         None, description="student layer -> teacher layer for feature losses, counted from 1 (0 = the embeddings); "
                           "default uniform (2 layers from 6: {1: 3, 2: 6})")
+    _logit = field_validator("loss")(_logit_loss)
     augment: AugmentConfig = Field(default_factory=AugmentConfig,
                                    description="augmented copies of the training texts for the transfer set")
 
     @model_validator(mode="after")
     def _terms(self):
-        if self.losses is not None and not any(t.name in LOGIT_LOSSES for t in self.losses):
+        if self.losses is not None and not any(t.logit for t in self.losses):
             raise ValueError("distillation.losses needs a logit loss term (`auto`, `softmax_kl` or `sigmoid_bce`): "
                              "the student is trained to classify")
         return self
@@ -216,7 +253,7 @@ class DistillationConfig(_Section):
         terms = self.losses if self.losses is not None else [LossTerm(name=self.loss)]
         return [t.model_copy(update=({"alpha": self.alpha if t.alpha is None else t.alpha,
                                       "temperature": self.temperature if t.temperature is None else t.temperature}
-                                     if t.name in LOGIT_LOSSES else
+                                     if t.logit else
                                      {"layer_map": self.layer_map if t.layer_map is None else t.layer_map}))
                 for t in terms]
 
@@ -439,6 +476,24 @@ class Config(_Section):
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
+    def input_files(self) -> list[tuple[str, str]]:
+        """The data files the config names, as (key, path or URL): THE list that path resolution, pre-flight,
+        `--runner docker`'s mounts and `kdpipe submit`'s portability check go through. With `data.dataset` the
+        split keys name splits of a Hub dataset, not files."""
+        d = self.data
+        keys = [] if d.dataset else ["train", "validation", "test", "unlabeled"]
+        return [(f"data.{k}", getattr(d, k)) for k in keys + ["label_names_file"] if getattr(d, k)]
+
+    def input_models(self) -> list[tuple[str, str]]:
+        """The models the config names, as (key, reference)."""
+        return [(k, ref) for k, ref in (("teacher.model", self.teacher.model), ("student.model", self.student.model))
+                if ref]
+
+    def set_key(self, key: str, value) -> None:
+        """Set a dotted key (`data.train`), validated."""
+        section, _, name = key.rpartition(".")
+        setattr(getattr(self, section) if section else self, name, value)
+
     def hash(self) -> str:
         """What decides the result: tags only label the run."""
         settings = self.to_dict()
@@ -502,24 +557,15 @@ def _resolve_paths(cfg: Config, base: Path, overridden: set[str]) -> None:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # Every step (a separate process, maybe elsewhere) must reach the same file.
         cfg.tracking.uri = "sqlite:///" + str((Path.cwd() / uri.removeprefix("sqlite:///")).resolve())
-    cfg.teacher.model = resolve_model_ref(cfg.teacher.model, origin("teacher.model"))
-    if cfg.student.model:
-        cfg.student.model = resolve_model_ref(cfg.student.model, origin("student.model"))
-    d = cfg.data
-    if d.dataset is None:
-        for field in ("train", "validation", "test", "unlabeled"):
-            value = getattr(d, field)
-            if value is None or is_url(value):  # a URL is fetched by the step that reads it
-                continue
-            path = origin(f"data.{field}") / value
-            if not path.is_file():
-                raise ConfigError(f"data.{field}: file not found: {path}")
-            setattr(d, field, str(path.resolve()))
-    if d.label_names_file and not is_url(d.label_names_file):
-        path = origin("data.label_names_file") / d.label_names_file
+    for key, ref in cfg.input_models():
+        cfg.set_key(key, resolve_model_ref(ref, origin(key)))
+    for key, value in cfg.input_files():
+        if is_url(value):  # a URL is fetched by the step that reads it
+            continue
+        path = origin(key) / value
         if not path.is_file():
-            raise ConfigError(f"data.label_names_file: file not found: {path}")
-        d.label_names_file = str(path.resolve())
+            raise ConfigError(f"{key}: file not found: {path}")
+        cfg.set_key(key, str(path.resolve()))
 
 
 def _refuse_inert_overrides(raw: dict, overrides: list[str]) -> None:

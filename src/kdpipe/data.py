@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ def _builder_args(path: str, fmt: str, cfg: DataConfig) -> tuple[str, dict]:
         for i, row in enumerate(csv.reader(f, delimiter=sep)):
             if names is None:
                 names = row
+                _check_header(path, names)
             elif row and len(row) != len(names):
                 raise DataError(f"{path}: row {i + 1 - cfg.header} (data rows counted from 1) has {len(row)} fields "
                                 f"where the {'header' if cfg.header else 'data.column_names'} has {len(names)}; "
@@ -81,6 +83,18 @@ def _builder_args(path: str, fmt: str, cfg: DataConfig) -> tuple[str, dict]:
     return "csv", {"sep": sep, "header": 0 if cfg.header else None, "column_names": None if cfg.header else names,
                    "keep_default_na": False, "na_values": [""], "encoding": ENCODING, "index_col": False,
                    "features": datasets.Features({n: datasets.Value("string") for n in names or []})}
+
+
+def _check_header(path: str, names: list[str]) -> None:
+    """Every column named, once (read by name, a repeated column would silently hide the other)."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header names column(s) {repeated} more than once ({names}); give each column "
+                        f"its own name")
+    unnamed = [i + 1 for i, n in enumerate(names) if not n.strip()]
+    if unnamed:
+        raise DataError(f"{path}: the header leaves column(s) {unnamed} (counted from 1) without a name ({names}); "
+                        f"name them, or remove a trailing separator")
 
 
 def read_table(path: str, cfg: DataConfig, key: str = "data file"):
@@ -207,22 +221,50 @@ def _row_hint(split: RawSplit, i: int, cfg: DataConfig) -> str:
 
 
 def check_columns(split: RawSplit, cfg: DataConfig, need_labels: bool = True) -> None:
+    """The configured columns are there (a near miss is named, and a header that is a row of data)."""
     if len(split.rows) == 0:
         raise DataError(f"{split.source}: the {split.name} split is empty (no data rows)")
+    columns = split.columns
     need = [cfg.text_column] + (cfg.label_columns if need_labels else [])
-    missing = [c for c in need if c not in split.columns]
-    if missing:
-        raise DataError(f"{split.source}: column(s) {missing} not found; the file has columns {split.columns}. "
-                        f"Set data.text_column / data.label_columns (or data.column_names for a file without a header).")
+    missing = [c for c in need if c not in columns]
+    if not missing:
+        return
+    hints = []
+    for c in missing:
+        near = [x for x in columns if x.strip().lower() == c.strip().lower()] or difflib.get_close_matches(c, columns, 1, 0.75)
+        if near:
+            hints.append(f"{c!r} is not {near[0]!r} (names are compared exactly)")
+    if cfg.header and any(len(c) > 40 or c.count(" ") >= 3 or isinstance(_canonical(c), int) for c in columns):
+        hints.append("the first row looks like data, not a header: for a file without a header set data.header: "
+                     "false and data.column_names")
+    raise DataError(f"{split.source}: column(s) {missing} not found; the file has columns {columns}. "
+                    + ("; ".join(hints) + ". " if hints else "")
+                    + "Set data.text_column / data.label_columns (or data.column_names for a file without a header).")
 
 
 def check_texts(split: RawSplit, cfg: DataConfig) -> list[str]:
     texts = split.column(cfg.text_column)
+    if all(_is_number(t) for t in texts):  # a csv column is read as text: "1", "0", ... is not what to classify
+        raise DataError(f"{split.source}: column {cfg.text_column!r} holds only numbers ({_row_hint(split, 0, cfg)}). "
+                        f"Is data.text_column the column that holds the texts (columns: {split.columns})?")
     for i, t in enumerate(texts):
+        if isinstance(t, (int, float, bool, np.number)) and not _missing(t):
+            raise DataError(f"{split.source}: column {cfg.text_column!r}, {_row_hint(split, i, cfg)}: a number, not "
+                            f"text. Is data.text_column the column that holds the texts (columns: {split.columns})?")
         if not isinstance(t, str) or not t.strip():
             raise DataError(f"{split.source}: column {cfg.text_column!r}, {_row_hint(split, i, cfg)}: empty or missing text. "
                             f"Remove the row or fill in the text.")
     return list(texts)
+
+
+def _is_number(v) -> bool:
+    if isinstance(v, str):
+        try:
+            float(v)
+        except ValueError:
+            return False
+        return True
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
 
 
 def _missing(v) -> bool:
@@ -343,6 +385,18 @@ def _subsample(split: RawSplit, limit: int | None, seed: int) -> RawSplit:
     return RawSplit(split.name, split.source, split.rows.select(keep.tolist()))
 
 
+def check_labels_are_classes(train: RawSplit, cfg: DataConfig, schema: LabelSchema) -> None:
+    """A single-label column with a class for most rows holds texts or scores, not classes (swapped columns, a
+    regression target): refused before a classifier with thousands of outputs is built."""
+    rows = len(train.rows)
+    if schema.multi_label or schema.num_labels <= 20 or schema.num_labels < 0.5 * rows:
+        return
+    examples = schema.label_names[:3]
+    raise DataError(f"{train.source}: column {cfg.label_columns[0]!r} has {schema.num_labels} distinct values in "
+                    f"{rows} rows (e.g. {examples}): texts or scores, not class labels. Is data.label_columns the "
+                    f"label column (columns: {train.columns})? Give data.label_names to allow that many classes")
+
+
 def check_splits(raw: dict[str, RawSplit], cfg: DataConfig, declared: list[str] | None
                  ) -> tuple[dict[str, tuple[list[str], np.ndarray | None]], LabelSchema]:
     """Validated (texts, labels) per split and the label schema; a test split without labels keeps None."""
@@ -350,6 +404,7 @@ def check_splits(raw: dict[str, RawSplit], cfg: DataConfig, declared: list[str] 
         labelled = split.name != "test" or all(c in split.columns for c in cfg.label_columns)
         check_columns(split, cfg, need_labels=labelled)
     schema = build_schema(raw["train"], cfg, declared)
+    check_labels_are_classes(raw["train"], cfg, schema)
     if schema.num_labels < 2 and not schema.multi_label:
         raise DataError(f"{raw['train'].source}: column {cfg.label_columns[0]!r} has a single class {schema.label_names}; "
                         f"classification needs at least two")

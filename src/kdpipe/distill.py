@@ -110,7 +110,8 @@ def _ship(cfg: Config, prep: Prepared, student, tokenizer, out_dir: Path, measur
     tokenizer.save_pretrained(str(model_dir))
     logits = {}
     for split in dict.fromkeys(["validation", prep.eval_split]):
-        logits[split] = predict_logits(student, prep.dataset[split], tokenizer, cfg.distillation.eval_batch_size)
+        logits[split] = predict_logits(student, prep.dataset[split], tokenizer, cfg.distillation.eval_batch_size,
+                                         f"student on {split}")
         save_logits(out_dir / split_logits_file(split), logits[split], prep.info["fingerprints"][split], "student")
     labels = np.asarray(prep.dataset["validation"]["labels"])
     thresholds = (tune_thresholds(logits["validation"], labels, prep.schema, cfg.metrics.threshold)

@@ -3,7 +3,6 @@ embeddings (hidden states only: attention has no layer 0)."""
 
 from __future__ import annotations
 
-from kdpipe.config import FEATURE_LOSSES
 from kdpipe.errors import ConfigError
 
 
@@ -32,7 +31,7 @@ def resolve_layer_map(layer_map: dict[int, int] | None, student_layers: int, tea
 def check_loss_layers(distillation, student_layers: int, teacher_layers: int) -> None:
     """Every feature term's map, checked before training starts."""
     for i, term in enumerate(distillation.loss_terms()):
-        if term.name in FEATURE_LOSSES:
+        if not term.logit:
             own = distillation.losses is not None and distillation.losses[i].layer_map is not None
             key = f"distillation.losses.{i}.layer_map" if own else "distillation.layer_map"
             resolve_layer_map(term.layer_map, student_layers, teacher_layers, key, attention=term.name == "attention_kl")

@@ -1,4 +1,6 @@
-"""Distillation losses, registered by name (torchdistill-style), combined as `distillation.losses` says.
+"""Distillation losses, registered by name (torchdistill-style), combined as `distillation.losses` says. This
+registry is the one list of losses: the config accepts any name registered here, so a new loss is one function
+(or class) with its decorator, in this file.
 
 Logit losses (LOSSES) compare the student's logits with the teacher's and with the labels; feature losses
 (FEATURES) compare intermediate layers and need the teacher's hidden states or attentions, so the teacher runs
@@ -12,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdpipe.config import LOGIT_LOSSES, LossTerm
 from kdpipe.layer_map import resolve_layer_map
 
 LOSSES: dict[str, Callable] = {}
@@ -78,7 +79,7 @@ class HiddenMSE(nn.Module):
 
     output = "hidden_states"
 
-    def __init__(self, term: LossTerm, student_config, teacher_config):
+    def __init__(self, term, student_config, teacher_config):  # term: a kdpipe.config.LossTerm
         super().__init__()
         self.layer_map = resolve_layer_map(term.layer_map, student_config.num_hidden_layers,
                                            teacher_config.num_hidden_layers)
@@ -102,7 +103,7 @@ class AttentionKL(nn.Module):
 
     output = "attentions"
 
-    def __init__(self, term: LossTerm, student_config, teacher_config):
+    def __init__(self, term, student_config, teacher_config):  # term: a kdpipe.config.LossTerm
         super().__init__()
         self.layer_map = resolve_layer_map(term.layer_map, student_config.num_hidden_layers,
                                            teacher_config.num_hidden_layers, attention=True)
@@ -121,24 +122,19 @@ class AttentionKL(nn.Module):
 
 
 class DistillationLoss(nn.Module):
-    """The configured terms summed with their weights. Holds the feature losses' parameters (projections), which
+    """The configured terms (kdpipe.config.LossTerm, defaults filled in) summed with their weights. Holds the feature losses' parameters (projections), which
     the trainer optimizes with the student's."""
 
-    def __init__(self, terms: list[LossTerm], schema, student_config=None, teacher_config=None):
+    def __init__(self, terms: list, schema, student_config=None, teacher_config=None):
         super().__init__()
         self.logit_terms = [(t.weight, schema.loss(t.name), t.alpha, t.temperature)
-                            for t in terms if t.name in LOGIT_LOSSES]
+                            for t in terms if t.logit]
         self.needs_teacher_logits = any(t.uses_teacher_logits for t in terms)
         features = [t for t in terms if t.uses_teacher_features]
         if features and (student_config is None or teacher_config is None):
             raise ValueError("feature losses need the student's and the teacher's model configs")
         self.feature_weights = [t.weight for t in features]
         self.features = nn.ModuleList(FEATURES[t.name](t, student_config, teacher_config) for t in features)
-
-    @classmethod
-    def supervised(cls, schema) -> "DistillationLoss":
-        """The task's hard-label loss alone (fine-tuning, no teacher)."""
-        return cls([LossTerm(name="auto", alpha=1.0, temperature=1.0)], schema)
 
     def needs(self, output: str) -> bool:
         """Whether a term reads this model output (hidden_states, attentions) from both models."""

@@ -1,22 +1,17 @@
 """Task metrics (scikit-learn), plus latency measurement shared by every model kind.
 
-The same numbers are published as an `evaluate` module (metric_modules/kd_classification, a thin wrapper over
-`classification_metrics`) for users who load metrics with `evaluate.load`. The pipeline calls the function
-directly: `import evaluate` takes seconds and imports torch, which steps such as the gate do not otherwise need.
+Not through Hugging Face `evaluate`: its Hub metric scripts do not load offline, and `import evaluate` takes
+seconds and imports torch, which steps such as the gate do not otherwise need. The numbers reach users in MLflow.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 
 from kdpipe.task import LabelSchema
-
-EVALUATE_MODULE = Path(__file__).parent / "metric_modules" / "kd_classification"
-
 
 def classification_metrics(predictions, references, multi_label: bool, threshold: float = 0.5) -> dict[str, float]:
     """Single-label: predictions are class ids -> accuracy, macro_f1. Multi-label: predictions are per-label scores

@@ -11,16 +11,16 @@ def _metrics(metrics: dict | None) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) or "-"
 
 
-def model_card(cfg, info: dict, gate: dict, exported: dict) -> str:
-    """info: the dataset's data_info.json (sizes, fingerprints, schema); gate: the gate step's result; exported:
+def model_card(cfg, info: dict, gate, exported: dict) -> str:
+    """info: the dataset's data_info.json (sizes, fingerprints, schema); gate: the gate's GateDecision; exported:
     the export's result."""
     schema = info["schema"]
     multi = schema["problem_type"] == "multi_label_classification"
     checks = "\n".join(f"| {c['check']} | {'pass' if c['passed'] else 'FAIL'} | {c['reason']} |"
-                       for c in gate.get("checks", []))
+                       for c in gate.checks)
     lat, size = exported.get("latency_ms", {}), exported.get("size_mb", {})
-    champion = gate.get("champion") or {}
-    fidelity = gate.get("fidelity") or {}
+    champion = gate.champion or {}
+    fidelity = gate.fidelity or {}
     sizes = ", ".join(f"{k} {v}" for k, v in info["sizes"].items())
     student = (f"`{cfg.student.model}`" if cfg.student.model else
                f"{len(cfg.student.layers)} of the teacher's layers (`student.layers` {cfg.student.layers})")
@@ -36,7 +36,7 @@ A student distilled by kdpipe from the teacher `{cfg.teacher.model}`: {student},
 
 **Task**: {'multi-label (independent sigmoid per label)' if multi else 'single-label (softmax)'} over
 {len(schema['label_names'])} labels: {', '.join(schema['label_names'])}.
-{'Per-label decision thresholds (tuned on validation): ' + json.dumps(gate.get('thresholds')) if gate.get('thresholds') else ''}
+{'Per-label decision thresholds (tuned on validation): ' + json.dumps(gate.thresholds) if gate.thresholds else ''}
 
 ## Data
 - training data fingerprint `{info['fingerprints']['train']}`; rows: {sizes}
@@ -45,17 +45,17 @@ A student distilled by kdpipe from the teacher `{cfg.teacher.model}`: {student},
 ## Metrics
 | model | split | metrics |
 | --- | --- | --- |
-| teacher | {gate.get('split')} | {_metrics(gate.get('teacher_metrics'))} |
-| student | {gate.get('split')} | {_metrics(gate.get('metrics'))} |
+| teacher | {gate.split} | {_metrics(gate.teacher_metrics)} |
+| student | {gate.split} | {_metrics(gate.metrics)} |
 | student, ONNX fp32 | validation | {_metrics(exported.get('metrics_fp32'))} |
 | student, ONNX int8 | validation | {_metrics(exported.get('metrics_int8')) if exported.get('int8_path') else 'not shipped' + (': ' + exported['int8_rejected'] if exported.get('int8_rejected') else '')} |
 
-Fidelity: decides as the teacher on {fidelity.get('teacher_agreement', float('nan')):.3f} of {gate.get('split')} rows;
+Fidelity: decides as the teacher on {fidelity.get('teacher_agreement', float('nan')):.3f} of {gate.split} rows;
 expected calibration error {fidelity.get('calibration_error', float('nan')):.4f};
 int8 changes the decision on {exported.get('int8_label_flip_rate', float('nan')):.2%} of rows.
-{'; '.join(gate.get('notes', []))}
+{'; '.join(gate.notes)}
 
-## Gate: {'passed' if gate.get('passed') else 'failed'} on {gate.get('metric')}
+## Gate: {'passed' if gate.passed else 'failed'} on {gate.metric}
 | check | result | detail |
 | --- | --- | --- |
 {checks}
@@ -69,7 +69,7 @@ int8 changes the decision on {exported.get('int8_label_flip_rate', float('nan'))
 ## Intended use and limits
 - Intended: the classification task and text domain of the training data above, in the language of its teacher.
 - Inputs longer than {cfg.data.max_length} tokens are truncated. Scores are calibrated only as far as the ECE above says.
-- The numbers are measured on the {gate.get('split')} split named above; text from another domain or period may
+- The numbers are measured on the {gate.split} split named above; text from another domain or period may
   score lower. A student inherits its teacher's biases; review its errors on your own data before use.
 
 ## Use

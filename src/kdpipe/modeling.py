@@ -172,11 +172,14 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def batched_logits(dataset, tokenizer, batch_size: int, run) -> "np.ndarray":
+def batched_logits(dataset, tokenizer, batch_size: int, run, what: str = "logits") -> "np.ndarray":
     """run(batch of padded numpy inputs) -> logits, over every row in row order; rows are batched by length
-    so that padding (and time) stays small."""
+    so that padding (and time) stays small. Progress is reported as `what`."""
     import numpy as np
 
+    from kdpipe.progress import Progress
+
+    progress = Progress(what, len(dataset), "rows")
     inputs = [k for k in tokenizer.model_input_names if k in dataset.column_names]
     lengths = np.array([len(x) for x in dataset["input_ids"]])
     order = np.argsort(-lengths, kind="stable")
@@ -185,13 +188,14 @@ def batched_logits(dataset, tokenizer, batch_size: int, run) -> "np.ndarray":
         rows = dataset.select(order[start:start + batch_size].tolist())
         batch = tokenizer.pad({k: rows[k] for k in inputs}, return_tensors="np")
         chunks.append(np.asarray(run({k: batch[k].astype(np.int64) for k in inputs}), dtype=np.float32))
+        progress.update(start + len(rows))
     logits = np.concatenate(chunks)
     out = np.empty_like(logits)
     out[order] = logits
     return out
 
 
-def predict_logits(model, dataset, tokenizer, batch_size: int = 128) -> "np.ndarray":
+def predict_logits(model, dataset, tokenizer, batch_size: int = 128, what: str = "logits") -> "np.ndarray":
     import torch
 
     device = next(model.parameters()).device
@@ -200,7 +204,7 @@ def predict_logits(model, dataset, tokenizer, batch_size: int = 128) -> "np.ndar
     def run(batch):
         with torch.inference_mode():
             return model(**{k: torch.from_numpy(v).to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
-    return batched_logits(dataset, tokenizer, batch_size, run)
+    return batched_logits(dataset, tokenizer, batch_size, run, what)
 
 
 def torch_latency_ms(model, batch_size: int, seq_len: int, runs: int = 20) -> float:

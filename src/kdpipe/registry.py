@@ -54,14 +54,14 @@ def take_champion_if_better(cfg, version: str, gate: dict, rejudge) -> dict:
     run's rows). Under registry_lock, so of two runs registering at once the better one ends as champion."""
     from kdpipe.champion import champion_version
 
-    name, judged = cfg.tracking.registered_model, gate.get("champion_version")
+    name, judged = cfg.tracking.registered_model, gate.champion_version
     with registry_lock(cfg.tracking.uri, name):
         current = champion_version(cfg)
-        promote = bool(gate.get("promote_to_champion"))
+        promote = gate.promote_to_champion
         if current != judged:
-            promote = bool(gate["passed"] and rejudge(current))
+            promote = bool(gate.passed and rejudge(current))
         if promote:
-            why = (gate.get("champion") or {}).get("reason") or "the gate passed and there was no champion"
+            why = (gate.champion or {}).get("reason") or "the gate passed and there was no champion"
             set_champion(mlflow_client(cfg), name, version, current, f"kdpipe run: {why}")
     return {"promoted": promote, "judged_champion": judged, "champion_before": current,
             "decided_again": current != judged}
@@ -77,8 +77,8 @@ def register_onnx(cfg, onnx_dir: str | Path, gate: dict, example_texts: list[str
 
     name = cfg.tracking.registered_model
     client = mlflow_client(cfg)
-    mlflow.set_tag("kdpipe.gate_metric", gate["metric"])
-    mlflow.log_metric("gate_metric_value", gate["value"])
+    mlflow.set_tag("kdpipe.gate_metric", gate.metric)
+    mlflow.log_metric("gate_metric_value", gate.value)
     info = log_text_model(onnx_dir, name, example_texts)
     version = str(info.registered_model_version)
     try:

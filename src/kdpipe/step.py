@@ -1,17 +1,26 @@
-"""The one step lifecycle. A pipeline step is a plain function `fn(ctx, *inputs) -> dict`; `@tracked_step(name)`
-wraps it the way ZenML's MLflow tracker wraps a step: the config is parsed, the step's MLflow child run is opened
-and closed, the step is timed, its numbers become metrics, its result is written once (`result.json` on that
-run), and a failure is recorded on the run (tag `kdpipe.error`, status FAILED). Call the wrapped step with the
-config (a Config or its JSON), the pipeline run's name, then the step's own inputs."""
+"""The one step lifecycle. A pipeline step is a plain function `fn(ctx, *inputs) -> dict`; `@tracked_step()`
+wraps it the way ZenML's MLflow tracker wraps a step: the config is parsed, the step's MLflow run is opened and
+closed, the step is timed and announced (one log line as it starts and one as it ends), its numbers become
+metrics, its result is written once (`result.json` on that run), and a failure is recorded on the run (tag
+`kdpipe.error`, status FAILED; bad input becomes a one-line exit, not retried). Call the wrapped step with the
+config (a Config or its JSON), the pipeline run's name, then the step's own inputs.
+
+The step's name is its function's name: the same name is its KFP component, its MLflow role (tag
+`kdpipe.role`) and its key in the summary. Which MLflow run a step writes to is its `run` (one of the RUNS
+below); every step goes through this lifecycle, whichever run it uses."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from kdpipe.config import Config, config_from_json
+
+log = logging.getLogger("kdpipe.step")
 
 # Result keys that hold settings, not measurements: logged as params by the step, never as metrics.
 NOT_METRICS = ("params", "best_params")
@@ -65,30 +74,78 @@ def as_config(config: Config | str) -> Config:
     return config if isinstance(config, Config) else config_from_json(config)
 
 
-def tracked_step(name: str, run_id=None):
-    """Decorator. `run_id(cfg, pipeline_run)`, when given, names an existing run to resume instead of a new child
-    run (the HPO step writes into the run its workers' trials hang under)."""
+# The MLflow run a step writes to. Each is a context manager factory (cfg, pipeline_run, name) yielding
+# (run_id, active): `active` when the run is the active MLflow run, whose metrics and result.json the step writes.
+@contextlib.contextmanager
+def child_run(cfg, pipeline_run: str, name: str):
+    """A child run of the pipeline run, of its own (most steps)."""
+    from kdpipe.tracking import step_run
+
+    with step_run(cfg, pipeline_run, name) as active:
+        yield active.info.run_id, True
+
+
+@contextlib.contextmanager
+def hpo_run(cfg, pipeline_run: str, name: str):
+    """The HPO run, which the workers' trials hang under (hpo_best writes the search's result into it); none
+    while HPO is off."""
+    from kdpipe.tracking import hpo_run_id, step_run
+
+    if not cfg.hpo.enabled:
+        yield None, False
+        return
+    with step_run(cfg, pipeline_run, name, run_id=hpo_run_id(cfg, pipeline_run)) as active:
+        yield active.info.run_id, True
+
+
+@contextlib.contextmanager
+def under_hpo_run(cfg, pipeline_run: str, name: str):
+    """No run of its own (each trial of an HPO worker is a run under the HPO run): a failure is recorded on the
+    HPO run."""
+    from kdpipe.tracking import failures_recorded, hpo_run_id
+
+    hpo_id = hpo_run_id(cfg, pipeline_run)
+    with failures_recorded(cfg, hpo_id):
+        yield hpo_id, False
+
+
+@contextlib.contextmanager
+def no_run(cfg, pipeline_run: str, name: str):
+    """No run (the exit handler ends the pipeline's parent run)."""
+    yield None, False
+
+
+def tracked_step(run=child_run):
+    """Decorator: the lifecycle around a step function, which writes to `run` (see above)."""
 
     def wrap(fn):
+        name = fn.__name__
+
         @functools.wraps(fn)
-        def run(config: Config | str, pipeline_run: str, *args, **kwargs) -> dict:
+        def step(config: Config | str, pipeline_run: str, *args, **kwargs) -> dict:
             started = time.perf_counter()  # the step's own time includes opening its run, as it always has
-
-            import mlflow
-
-            from kdpipe.tracking import log_result, step_run, store_failures_in_one_line
+            from kdpipe.tracking import log_result, store_failures_in_one_line
 
             cfg = as_config(config)
-            with store_failures_in_one_line(cfg):
-                existing = run_id(cfg, pipeline_run) if run_id else None
-                with step_run(cfg, pipeline_run, name, run_id=existing) as active:
-                    result = fn(StepContext(cfg, pipeline_run, active.info.run_id), *args, **kwargs)
-                    result["step_seconds"] = time.perf_counter() - started
-                    log_result({k: v for k, v in result.items() if k not in NOT_METRICS})
-                    mlflow.log_dict(result, "result.json")
+            log.info("step %s started", name)
+            try:
+                with store_failures_in_one_line(cfg), run(cfg, pipeline_run, name) as (run_id, active):
+                    result = fn(StepContext(cfg, pipeline_run, run_id), *args, **kwargs)
+                    if isinstance(result, dict):
+                        result["step_seconds"] = time.perf_counter() - started
+                        if active:
+                            log_result({k: v for k, v in result.items() if k not in NOT_METRICS})
+                            import mlflow
+
+                            mlflow.log_dict(result, "result.json")
+            except BaseException as e:
+                log.info("step %s failed after %.1f s: %s", name, time.perf_counter() - started,
+                         str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+                raise
+            log.info("step %s done in %.1f s", name, time.perf_counter() - started)
             return result
 
-        run.step_name = name
-        return run
+        step.step_name = name
+        return step
 
     return wrap

@@ -1,18 +1,20 @@
 """The pipeline's steps: each takes the config, the pipeline run's name and its declared inputs (folders of input
 artifacts, plain values), writes only into its own output folders, and returns its result. The lifecycle
-(MLflow child run, timing, metrics, result.json, failures) is `kdpipe.step.tracked_step`'s. The KFP components
-call exactly these; so can a test or a notebook."""
+(MLflow run, timing, metrics, result.json, failures) is `kdpipe.step.tracked_step`'s, for every step. A step's
+function name is its name everywhere: its KFP component (kdpipe_kfp.components), its MLflow role, its key in the
+summary. The KFP components call exactly these; so can a test or a notebook."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from kdpipe.step import StepContext, as_config, tracked_step
+from kdpipe.gate import GateDecision
+from kdpipe.step import StepContext, hpo_run, no_run, tracked_step, under_hpo_run
 
 
-@tracked_step("validate_tokenizers")
-def validate_tokenizers_step(ctx: StepContext) -> dict:
+@tracked_step()
+def validate_tokenizers(ctx: StepContext) -> dict:
     """Teacher and student must load safely and turn text into the same ids: stops the run before any training.
     The first step, with no retry: bad models are refused here, not after the teacher's fine-tuning, three times."""
     from kdpipe.preflight import check_models
@@ -22,8 +24,8 @@ def validate_tokenizers_step(ctx: StepContext) -> dict:
     return validate_tokenizers(ctx.cfg)
 
 
-@tracked_step("preprocess")
-def preprocess_step(ctx: StepContext, dataset_dir: str, force: bool = False) -> dict:
+@tracked_step()
+def preprocess(ctx: StepContext, dataset_dir: str, force: bool = False) -> dict:
     """Validated, tokenized splits; and whether to train at all: `changed` is False when the config and the data
     are those of the run that produced the current champion (unless `force`), and the pipeline stops there."""
     from kdpipe.champion import RETRAIN_KEY_TAG, retrain_key, unchanged_since_champion
@@ -47,8 +49,8 @@ def preprocess_step(ctx: StepContext, dataset_dir: str, force: bool = False) -> 
     return result
 
 
-@tracked_step("prepare_teacher")
-def prepare_teacher_step(ctx: StepContext, dataset_dir: str, teacher_dir: str) -> dict:
+@tracked_step()
+def prepare_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str) -> dict:
     """Fine-tunes the teacher into teacher_dir only when it is not yet a classifier for these labels. The result's
     `teacher_ref` is what later steps load: "" (the fine-tuned model in teacher_dir) or the configured teacher."""
     from kdpipe.data import load_prepared
@@ -63,72 +65,53 @@ def prepare_teacher_step(ctx: StepContext, dataset_dir: str, teacher_dir: str) -
     return result
 
 
-@tracked_step("evaluate_teacher")
-def evaluate_teacher_step(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str,
+@tracked_step()
+def evaluate_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str,
                           logits_dir: str) -> dict:
     from kdpipe.teacher import evaluate_teacher, teacher_source
 
     return evaluate_teacher(ctx.cfg, dataset_dir, teacher_source(ctx.cfg, teacher_dir, teacher_ref), logits_dir)
 
 
-def hpo_worker_step(config, pipeline_run: str, dataset_dir: str, teacher_dir: str, teacher_ref: str,
-                    logits_dir: str, worker: int) -> dict:
-    """One of hpo.workers parallel workers on the shared study. Not a child run of its own: each trial is an MLflow
-    run under the HPO run, and a failure is recorded on the HPO run."""
-    from kdpipe.tracking import hpo_run_id, store_failures_in_one_line
-
-    cfg = as_config(config)
-    with store_failures_in_one_line(cfg):
-        hpo_id = hpo_run_id(cfg, pipeline_run)
-        return _hpo_trials(cfg, pipeline_run, dataset_dir, teacher_dir, teacher_ref, logits_dir, worker, hpo_id)
-
-
-def _hpo_trials(cfg, pipeline_run, dataset_dir, teacher_dir, teacher_ref, logits_dir, worker, hpo_id) -> dict:
+@tracked_step(run=under_hpo_run)
+def hpo_worker(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str, logits_dir: str,
+               worker: int) -> dict:
+    """One of hpo.workers parallel workers on the shared study. Not a run of its own: each trial is an MLflow run
+    under the HPO run (ctx.run_id), and a failure is recorded on the HPO run."""
     import tempfile
 
     from kdpipe.errors import ConfigError
     from kdpipe.hpo import run_trials
     from kdpipe.teacher import teacher_source
-    from kdpipe.tracking import TrialRuns, failures_recorded
+    from kdpipe.tracking import TrialRuns
 
-    with failures_recorded(cfg, hpo_id), tempfile.TemporaryDirectory(prefix="kdpipe-trials-") as work:
-        if not cfg.hpo.enabled or worker >= cfg.hpo.workers:
-            raise ConfigError(f"HPO worker {worker} started, but the config has hpo.enabled={cfg.hpo.enabled}, "
-                              f"hpo.workers={cfg.hpo.workers}: the pipeline parameter hpo_workers must be "
-                              f"{list(range(cfg.hpo.workers)) if cfg.hpo.enabled else []} (kdpipe run sets it)")
-        # Trial models are scratch: with hpo.reuse_best_model each is logged to its trial run, where hpo-best finds it.
+    cfg = ctx.cfg
+    if not cfg.hpo.enabled or worker >= cfg.hpo.workers:
+        raise ConfigError(f"HPO worker {worker} started, but the config has hpo.enabled={cfg.hpo.enabled}, "
+                          f"hpo.workers={cfg.hpo.workers}: the pipeline parameter hpo_workers must be "
+                          f"{list(range(cfg.hpo.workers)) if cfg.hpo.enabled else []} (kdpipe run sets it)")
+    # Trial models are scratch: with hpo.reuse_best_model each is logged to its trial run, where hpo-best finds it.
+    with tempfile.TemporaryDirectory(prefix="kdpipe-trials-") as work:
         return run_trials(cfg, dataset_dir, teacher_source(cfg, teacher_dir, teacher_ref), logits_dir, work,
-                          trial_log=TrialRuns(cfg, pipeline_run, hpo_id), worker=worker)
+                          trial_log=TrialRuns(cfg, ctx.pipeline_run, ctx.run_id), worker=worker)
 
 
-def hpo_best_step(config, pipeline_run: str, dataset_dir: str, report_path: str, best_model_dir: str,
-                  params_json: str = "") -> dict:
+@tracked_step(run=hpo_run)
+def hpo_best(ctx: StepContext, dataset_dir: str, report_path: str, best_model_dir: str, params_json: str = "") -> dict:
     """After the workers: the best trial's params (over params_json) for the final distillation, Optuna's plots
     at report_path, and with hpo.reuse_best_model the best trial's model in best_model_dir. With HPO off,
     params_json passes through and nothing is tracked."""
-    cfg = as_config(config)
-    given = json.loads(params_json) if params_json else {}
-    Path(best_model_dir).mkdir(parents=True, exist_ok=True)  # the output artifact exists even when left empty
-    if not cfg.hpo.enabled:
-        Path(report_path).write_text("<p>HPO is off (hpo.enabled: false): distillation uses the config.</p>")
-        return {"hpo": False, "params": given, "reuse_model": False}
-    return _hpo_best(cfg, pipeline_run, dataset_dir, report_path, best_model_dir, given)
-
-
-def _hpo_run(cfg, pipeline_run):
-    from kdpipe.tracking import hpo_run_id
-
-    return hpo_run_id(cfg, pipeline_run)
-
-
-@tracked_step("hpo", run_id=_hpo_run)
-def _hpo_best(ctx: StepContext, dataset_dir: str, report_path: str, best_model_dir: str, given: dict) -> dict:
     from kdpipe.data import load_prepared
     from kdpipe.errors import SearchFailed
     from kdpipe.hpo import lost_trials, open_study, study_summary, write_report
     from kdpipe.tracking import download_trial_model, mark_lost_trials
 
     cfg = ctx.cfg
+    given = json.loads(params_json) if params_json else {}
+    Path(best_model_dir).mkdir(parents=True, exist_ok=True)  # the output artifact exists even when left empty
+    if not cfg.hpo.enabled:
+        Path(report_path).write_text("<p>HPO is off (hpo.enabled: false): distillation uses the config.</p>")
+        return {"hpo": False, "params": given, "reuse_model": False}
     study = open_study(cfg, fingerprint=load_prepared(dataset_dir).info["fingerprints"]["train"])
     summary = study_summary(study)
     mark_lost_trials(cfg, ctx.run_id, lost_trials(study))
@@ -144,8 +127,8 @@ def _hpo_best(ctx: StepContext, dataset_dir: str, report_path: str, best_model_d
     return {"hpo": True, **summary, "params": {**given, **summary["best_params"]}, "reuse_model": bool(reuse)}
 
 
-@tracked_step("distill_student")
-def distill_step(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str, logits_dir: str,
+@tracked_step()
+def distill_student(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str, logits_dir: str,
                  student_dir: str, params_json: str = "", reuse_model_dir: str = "") -> dict:
     """Train the student with distillation.* (overridden by params_json, e.g. the best HPO trial's), or take the
     best trial's model (reuse_model_dir, from hpo-best) as it is."""
@@ -163,8 +146,8 @@ def distill_step(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_r
     return result
 
 
-@tracked_step("evaluate_gate")
-def gate_step(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_logits_dir: str, teacher_metrics: dict,
+@tracked_step()
+def evaluate_gate(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_logits_dir: str, teacher_metrics: dict,
               student_latency_ms: float | None) -> dict:
     """Judge the student on the evaluation split (test when labelled, else validation) from its logits computed
     once by distillation: thresholds, retention, latency, fidelity to the teacher, calibration, and the champion
@@ -174,7 +157,7 @@ def gate_step(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_logi
     from kdpipe.champion import champion_version, judge_champion
     from kdpipe.data import load_prepared
     from kdpipe.distill import load_student_logits, load_thresholds
-    from kdpipe.gate import evaluate_gate
+    from kdpipe import gate
     from kdpipe.metrics import compute_metrics, fidelity_to_teacher
     from kdpipe.teacher import load_logits, split_logits_file
 
@@ -190,18 +173,18 @@ def gate_step(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_logi
     fidelity = fidelity_to_teacher(logits, teacher_logits, labels, schema, thresholds, cfg.metrics.threshold)
     version = champion_version(cfg)
     champion = judge_champion(cfg, version, schema, metric, rows["text"], labels, logits, thresholds)
-    decision = evaluate_gate(cfg.gate, metric, metrics, teacher_metrics, student_latency_ms, champion, fidelity)
+    decision = gate.evaluate_gate(cfg.gate, metric, metrics, teacher_metrics, student_latency_ms, champion, fidelity)
     # The registry step moves the champion alias only if this is still the champion (compare-and-set).
-    result = {**decision, "split": split, "rows": len(labels), "metrics": metrics, "teacher_metrics": teacher_metrics,
-              "fidelity": fidelity, "latency_ms_b1": student_latency_ms, "champion_version": version,
-              "champion": champion, "label_names": schema.label_names, "notes": _gate_notes(cfg, split, thresholds),
-              "thresholds": dict(zip(schema.label_names, thresholds)) if isinstance(thresholds, list) else None}
+    decision.split, decision.rows, decision.champion_version = split, len(labels), version
+    decision.notes = _gate_notes(cfg, split, thresholds)
+    decision.thresholds = dict(zip(schema.label_names, thresholds)) if isinstance(thresholds, list) else None
+    result = {**decision.to_dict(), "label_names": schema.label_names}
     if not schema.multi_label:
         k = schema.num_labels
         matrix = np.zeros((k, k), dtype=int)
         np.add.at(matrix, (labels, schema.decide(logits)), 1)
         result["confusion_matrix"] = matrix.tolist()
-    ctx.set_tags({"kdpipe.gate_passed": decision["passed"], "kdpipe.gate_metric": metric, "kdpipe.gate_split": split})
+    ctx.set_tags({"kdpipe.gate_passed": decision.passed, "kdpipe.gate_metric": metric, "kdpipe.gate_split": split})
     return result
 
 
@@ -217,8 +200,8 @@ def _gate_notes(cfg, split: str, thresholds) -> list[str]:
             f"data.test for a held-out number"]
 
 
-@tracked_step("export_register")
-def export_register_step(ctx: StepContext, dataset_dir: str, student_dir: str, gate: dict, onnx_dir: str) -> dict:
+@tracked_step()
+def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, gate: GateDecision, onnx_dir: str) -> dict:
     """Only reached when the gate passed: export + verify the ONNX model, then register it with its aliases (the
     champion judged again, on the gate's rows, if another run moved the alias meanwhile)."""
     from kdpipe.champion import judge_champion
@@ -228,14 +211,14 @@ def export_register_step(ctx: StepContext, dataset_dir: str, student_dir: str, g
     from kdpipe.model_card import model_card
     from kdpipe.registry import register_onnx
 
-    if not gate.get("passed"):
+    if not gate.passed:
         raise RuntimeError("export_register reached with a failed gate; refusing to register")
     cfg, prep = ctx.cfg, load_prepared(dataset_dir)
-    exported = export_onnx(cfg, student_dir, dataset_dir, onnx_dir, metric=gate["metric"])
+    exported = export_onnx(cfg, student_dir, dataset_dir, onnx_dir, metric=gate.metric)
     rows = prep.dataset[prep.eval_split]
 
     def rejudge(current: str | None) -> bool:
-        verdict = judge_champion(cfg, current, prep.schema, gate["metric"], rows["text"], rows["labels"],
+        verdict = judge_champion(cfg, current, prep.schema, gate.metric, rows["text"], rows["labels"],
                                  load_student_logits(student_dir, prep, prep.eval_split),
                                  load_thresholds(student_dir, cfg))
         return verdict is None or verdict["promote"]
@@ -247,10 +230,9 @@ def export_register_step(ctx: StepContext, dataset_dir: str, student_dir: str, g
     return exported
 
 
-def finish_step(config, pipeline_run: str, state: str, error: str = "") -> str:
+@tracked_step(run=no_run)
+def finish_tracking(ctx: StepContext, state: str, error: str = "") -> str:
     """Exit handler: end the parent run FINISHED or FAILED to match the pipeline."""
-    from kdpipe.tracking import finish_parent, store_failures_in_one_line
+    from kdpipe.tracking import finish_parent
 
-    cfg = as_config(config)
-    with store_failures_in_one_line(cfg):
-        return finish_parent(cfg, pipeline_run, state.upper() == "SUCCEEDED", error or None)
+    return finish_parent(ctx.cfg, ctx.pipeline_run, state.upper() == "SUCCEEDED", error or None)

@@ -3,30 +3,55 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from kdpipe.config import Config
-from kdpipe.tracking import ERROR_TAG, ROLE_TAG, child_runs, find_parent, store_failure
+from kdpipe.tracking import BAD_INPUT_TAG, ERROR_TAG, ROLE_TAG, find_parent, mlflow_client, store_failure
 
-BAD_INPUT_ERRORS = ("ConfigError", "DataError", "TokenizerMismatch", "ModelError")
+def step_results(client, parent) -> dict:
+    """Each step's result.json under a pipeline (parent) run, by step name (the run's role), with its run id, its
+    error and whether that error was bad input."""
+    import tempfile
+
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  order_by=["attributes.start_time ASC"], max_results=1000)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for child in children:
+            try:
+                result = json.loads(Path(client.download_artifacts(child.info.run_id, "result.json", tmp)).read_text())
+            except Exception:  # noqa: BLE001 (a step that failed before finishing has no result)
+                result = {}
+            out[child.data.tags.get(ROLE_TAG)] = {**result, "_run_id": child.info.run_id,
+                                                  "_error": child.data.tags.get(ERROR_TAG),
+                                                  "_bad_input": child.data.tags.get(BAD_INPUT_TAG) == "true"}
+    return out
 
 
-def _load_result(run) -> dict:
-    import mlflow
-
-    try:
-        return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/result.json")
-    except Exception:  # a step that failed before finishing has no result
-        return {}
+def run_outcome(results: dict, failed: bool) -> str:
+    """How a pipeline run ended, from its steps' results (step_results): the one definition, behind the summary's
+    status, compare's outcome column and the exit code (kdpipe.errors.exit_code)."""
+    if failed or any(r.get("_error") for r in results.values()):
+        return "bad_input" if any(r.get("_bad_input") for r in results.values()) else "error"
+    if results.get("preprocess", {}).get("unchanged"):
+        return "unchanged"
+    registry = results.get("export_register", {}).get("registry")
+    if registry:
+        return "promoted" if registry.get("champion", {}).get("promoted") else "challenger"
+    gate = results.get("evaluate_gate")
+    if gate and not gate.get("passed"):
+        return "gate_failed"
+    return "error"
 
 
 def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, failure: str | None) -> dict:
     """Everything MLflow knows of the run; when the store itself is down, what is known without it."""
     try:
         parent = find_parent(cfg, pipeline_run)
-        steps = {r.data.tags.get(ROLE_TAG): r for r in child_runs(cfg, parent.info.run_id)} if parent else {}
-        results = {name: _load_result(r) for name, r in steps.items()}
-        errors = [f"{name}: {r.data.tags[ERROR_TAG]}" for name, r in steps.items() if r.data.tags.get(ERROR_TAG)]
+        results = step_results(mlflow_client(cfg), parent) if parent else {}
+        errors = [f"{name}: {r['_error']}" for name, r in results.items() if r.get("_error")]
     except Exception as e:
         why = store_failure(e)
         if why is None:
@@ -36,21 +61,11 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
     gate = results.get("evaluate_gate", {})
     export = results.get("export_register", {})
     timings = {name: res.get("step_seconds") for name, res in results.items()}
-    hpo = results.get("hpo", {})
+    hpo = results.get("hpo_best", {})
     if hpo.get("search_seconds"):
         timings["hpo_search"] = hpo["search_seconds"]  # the workers ran side by side: the search's own wall time
     step_total = sum(v for v in timings.values() if v)
-    if errors or failure:
-        kinds = {e.split(": ")[1] for e in errors if e.count(": ") > 1}  # "step: ErrorType: message"
-        status = "bad_input" if kinds & set(BAD_INPUT_ERRORS) else "error"
-    elif results.get("preprocess", {}).get("unchanged"):
-        status = "unchanged"
-    elif gate.get("passed") and export.get("registry"):
-        status = "promoted"
-    elif gate and not gate.get("passed"):
-        status = "gate_failed"
-    else:
-        status = "error"
+    status = run_outcome(results, bool(errors or failure))
     return {
         "status": status,
         "pipeline_run": pipeline_run,
@@ -84,15 +99,17 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
     }
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary: dict, steps: bool = True) -> None:
+    """The summary for a person; `steps`: with each step's time (kdpipe run has shown them as the steps ended)."""
     def fmt(metrics):
         return ", ".join(f"{k} {v:.4f}" for k, v in (metrics or {}).items() if not k.startswith("roc_auc_")
                          or k == "roc_auc_macro") or "-"
 
     print("\nkdpipe run", summary["pipeline_run"], "->", summary["status"].upper())
-    print(f"  {'step':<22}{'seconds':>9}")
-    for step, seconds in summary["timings"]["steps"].items():
-        print(f"  {step:<22}{'failed' if seconds is None else f'{seconds:.1f}':>9}")
+    if steps:
+        print(f"  {'step':<22}{'seconds':>9}")
+        for step, seconds in summary["timings"]["steps"].items():
+            print(f"  {step:<22}{'failed' if seconds is None else f'{seconds:.1f}':>9}")
     t = summary["timings"]
     print(f"  {'pipeline wall time':<22}{t['pipeline_wall_s']:>9.1f}  (orchestration overhead "
           f"{100 * (t['orchestration_overhead_fraction'] or 0):.1f}%)")

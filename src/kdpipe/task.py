@@ -41,11 +41,6 @@ class LabelSchema:
         return self._configured_or(configured, "sigmoid_bce", "softmax_kl")
 
     @property
-    def metric_config(self) -> str:
-        """The config name of kdpipe's `evaluate` module for this task."""
-        return "multi_label" if self.multi_label else "single_label"
-
-    @property
     def metric_names(self) -> list[str]:
         """The metrics kdpipe reports for this task (a per-label ROC-AUC only where the split has both classes)."""
         if not self.multi_label:

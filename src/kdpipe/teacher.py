@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdpipe.config import Config
+from kdpipe.config import Config, LossTerm
 from kdpipe.data import TRANSFER, load_prepared
 from kdpipe.errors import DataError
 from kdpipe.sources import fetch_model, local_model
@@ -49,9 +49,10 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, kee
                               weight_decay=0.01, warmup=0.1, seed=cfg.distillation.seed,
                               mixed_precision=cfg.distillation.mixed_precision,
                               group_by_length=cfg.distillation.group_by_length)
+    hard_labels_only = DistillationLoss([LossTerm(name="auto", alpha=1.0, temperature=1.0)], prep.schema)
     trainer = DistillationTrainer(model=model, args=args, train_dataset=prep.dataset["train"],
                                   eval_dataset=prep.dataset["validation"], data_collator=KDCollator(tokenizer),
-                                  loss=DistillationLoss.supervised(prep.schema))
+                                  loss=hard_labels_only)
     d = cfg.distillation  # its seed and precision settings train the teacher too
     run_key = f"{cfg.teacher.model_dump_json()}|{source}|{d.seed}|{d.mixed_precision}|{prep.info['fingerprints']['train']}"
     stats = train(trainer, out_dir / "checkpoints", run_key, keeper)
@@ -117,14 +118,14 @@ def evaluate_teacher(cfg: Config, data_dir: str | Path, teacher_dir: str, out_di
     bs, split = cfg.distillation.eval_batch_size, prep.eval_split
     metrics = {}
     for name in dict.fromkeys([split, "validation"]):
-        logits = predict_logits(model, prep.dataset[name], tokenizer, bs)
+        logits = predict_logits(model, prep.dataset[name], tokenizer, bs, f"teacher on {name}")
         metrics[name] = compute_metrics(logits, np.asarray(prep.dataset[name]["labels"]), prep.schema,
                                         cfg.metrics.threshold)
         if name == split:
             save_logits(out_dir / split_logits_file(split), logits, prep.info["fingerprints"][split], teacher_dir)
     start, rows = time.perf_counter(), 0
     for name in ["train"] + [TRANSFER] * (TRANSFER in prep.dataset):  # the transfer set is labelled here, once
-        logits = predict_logits(model, prep.dataset[name], tokenizer, bs)
+        logits = predict_logits(model, prep.dataset[name], tokenizer, bs, f"teacher on {name}")
         save_logits(out_dir / teacher_logits_file(name), logits, prep.info["fingerprints"][name], teacher_dir)
         rows += int(logits.shape[0])
     logits_s = time.perf_counter() - start

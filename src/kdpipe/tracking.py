@@ -14,12 +14,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from kdpipe import __version__
-from kdpipe.errors import KdpipeError
+from kdpipe.errors import is_bad_input
 
 RUN_TAG, ROLE_TAG, ERROR_TAG = "kdpipe.pipeline_run", "kdpipe.role", "kdpipe.error"
 IMAGE_TAG, IN_IMAGE_ENV = "kdpipe.image", "KDPIPE_IN_IMAGE"  # the image a step ran in, as its image sets it
 BAD_INPUT_TAG = "kdpipe.bad_input"  # "true" on a step run that failed on bad input: a retry would fail the same way
 TRIAL_MODEL = "trial_model"  # a trial run's model, logged only with hpo.reuse_best_model
+HPO_ROLE = "hpo_best"  # the HPO run (the workers' trials under it) is the hpo_best step's run
 
 
 _OPENED: set[str] = set()
@@ -176,13 +177,13 @@ def hpo_run_id(cfg, pipeline_run: str) -> str:
     """The HPO step's run, a child of the pipeline run; every worker logs its trials under it. Workers start
     together, so each may create one: all keep the earliest and the others are deleted."""
 
-    found = _find(cfg, pipeline_run, "hpo")
+    found = _find(cfg, pipeline_run, HPO_ROLE)
     if found:
         return found[0].info.run_id
     client = mlflow_client(cfg)
     mine = client.create_run(experiment_id(cfg), run_name="hpo", tags={
-        RUN_TAG: pipeline_run, ROLE_TAG: "hpo", "mlflow.parentRunId": parent_run_id(cfg, pipeline_run)}).info.run_id
-    winner = _find(cfg, pipeline_run, "hpo")[0].info.run_id
+        RUN_TAG: pipeline_run, ROLE_TAG: HPO_ROLE, "mlflow.parentRunId": parent_run_id(cfg, pipeline_run)}).info.run_id
+    winner = _find(cfg, pipeline_run, HPO_ROLE)[0].info.run_id
     if winner != mine:
         client.delete_run(mine)
     return winner
@@ -226,8 +227,9 @@ def refuse_retry_of_bad_input(cfg, pipeline_run: str, step: str) -> None:
 
 @contextlib.contextmanager
 def failures_recorded(cfg, run_id: str):
-    """Record an exception on the run (tag kdpipe.error, status FAILED). A KdpipeError (bad input or setting)
-    becomes a one-line exit: its message says what to do, and a library traceback would only bury it."""
+    """Record an exception on the run (tag kdpipe.error, status FAILED). Bad input or setting (kdpipe.errors: a
+    retry would fail the same way) is tagged kdpipe.bad_input and becomes a one-line exit: its message says what
+    to do, and a library traceback would only bury it."""
 
     try:
         yield
@@ -236,7 +238,7 @@ def failures_recorded(cfg, run_id: str):
             raise  # recording it needs the store that just failed
         client = mlflow_client(cfg)
         client.set_tag(run_id, ERROR_TAG, f"{type(e).__name__}: {e}"[:5000])
-        if isinstance(e, KdpipeError):
+        if is_bad_input(e):
             client.set_tag(run_id, BAD_INPUT_TAG, "true")
             client.set_terminated(run_id, "FAILED")
             raise SystemExit(f"kdpipe: {type(e).__name__}: {e}") from None

@@ -11,6 +11,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from kdpipe.errors import TrainingDiverged
 from kdpipe.losses import DistillationLoss
+from kdpipe.progress import training_callback
 
 LOSS_STATE = "distillation_loss.safetensors"
 
@@ -155,6 +156,7 @@ def train(trainer: Trainer, checkpoint_dir: str | Path, run_key: str, keeper=Non
             resumed_run = keeper.restore(checkpoint_dir, run_key)
             last = get_last_checkpoint(str(checkpoint_dir))
         trainer.add_callback(keeper.callback())
+    trainer.add_callback(training_callback())
     result = trainer.train(resume_from_checkpoint=last)
     # Checkpoints only serve an interrupted run; kept, they would bloat the step's output artifact.
     shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -18,7 +18,7 @@ from kdpipe.config import Config
 from kdpipe.errors import ConfigError
 from kdpipe.sources import is_remote_model, is_url, looks_like_path
 from kdpipe_kfp.containers import check_topology
-from kdpipe_kfp.kdpipe_pipeline import Placement, compile_pipeline
+from kdpipe_kfp.pipeline import Placement, compile_pipeline
 from kdpipe_kfp.local import INVOCATION_TAG, pipeline_arguments
 
 PIPELINE_NAME = "kdpipe"
@@ -28,13 +28,11 @@ def check_portable(cfg: Config) -> None:
     """Every input and store the config names must be reachable from a pod: the key is named otherwise."""
     fix = ("a pod cannot read this machine's files: put it in object storage (s3://, gs://), on the Hub, in the "
            "MLflow registry (models:/NAME@ALIAS), or in the image")
-    d = cfg.data
-    files = [] if d.dataset else [(f"data.{s}", getattr(d, s)) for s in ("train", "validation", "test")]
-    for key, value in files + [("data.label_names_file", d.label_names_file)]:
-        if value and not is_url(value):
+    for key, value in cfg.input_files():
+        if not is_url(value):
             raise ConfigError(f"{key} {value}: a path on this machine; {fix}")
-    for key, ref in (("teacher.model", cfg.teacher.model), ("student.model", cfg.student.model)):
-        if ref and not is_remote_model(ref) and looks_like_path(ref):
+    for key, ref in cfg.input_models():
+        if not is_remote_model(ref) and looks_like_path(ref):
             raise ConfigError(f"{key} {ref}: a folder on this machine; {fix}")
     check_topology(cfg, "kdpipe submit/schedule")
 

@@ -1,5 +1,5 @@
-"""kdpipe command line. Exit codes: 0 ok / promoted, 3 ran but the gate said no, 2 bad input or setting, 1 other errors,
-130 interrupted (Ctrl-C, SIGTERM)."""
+"""kdpipe command line. Exit codes (kdpipe.errors): 0 ok (promoted, challenger, unchanged), 3 ran but the gate said
+no, 2 bad input or setting, 1 other errors, 130 interrupted (Ctrl-C, SIGTERM)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from kdpipe.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, exit_code
 
 
 def _quiet() -> None:
@@ -18,6 +18,9 @@ def _quiet() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # e.g. "Creating initial MLflow database tables..."
 
 
 def cmd_validate_tokenizers(args) -> int:
@@ -128,7 +131,7 @@ def cmd_run(args) -> int:
     from kdpipe.config import load_config
     from kdpipe.preflight import check_all
     from kdpipe.summary import print_summary
-    from kdpipe_kfp.local import run_local  # the KFP layer, imported only by the commands that need it
+    from kdpipe_kfp.local import run_local  # kfp is imported by the commands that need it: --help stays fast
 
     cfg = load_config(args.config, args.set)
     if args.runner == "docker":
@@ -137,11 +140,12 @@ def cmd_run(args) -> int:
         check_topology(cfg)
     check_all(cfg)
     signal.signal(signal.SIGTERM, _interrupted)  # as Ctrl-C: the run's MLflow runs are ended KILLED
-    summary = run_local(cfg, args.output_dir or cfg.output_dir, runner=args.runner, force=args.force)
-    print_summary(summary)
-    print(f"  summary: {Path(summary['pipeline_root']) / 'summary.json'} (also the output folder's latest)")
-    return {"promoted": EXIT_OK, "unchanged": EXIT_OK, "gate_failed": EXIT_GATE_FAILED,
-            "bad_input": EXIT_BAD_INPUT}.get(summary["status"], EXIT_ERROR)
+    summary = run_local(cfg, args.output_dir or cfg.output_dir, runner=args.runner, force=args.force,
+                        verbose=args.verbose)
+    print_summary(summary, steps=args.verbose)
+    print(f"  summary: {Path(summary['pipeline_root']) / 'summary.json'} (also the output folder's latest); "
+          f"log: {summary['log']}")
+    return exit_code(summary["status"])
 
 
 def _interrupted(signum, frame):
@@ -149,10 +153,12 @@ def _interrupted(signum, frame):
 
 
 def cmd_compile(args) -> int:
-    from kdpipe_kfp.kdpipe_pipeline import compile_pipeline
+    from kdpipe_kfp.pipeline import compile_components, compile_pipeline
 
     path = compile_pipeline(args.output, placement_from_args(args))
     print(f"compiled pipeline: {path}")
+    if args.components:
+        print(f"compiled {len(compile_components(args.components))} component specs into {args.components}")
     return EXIT_OK
 
 
@@ -181,8 +187,7 @@ def cmd_submit(args) -> int:
     else:  # MLflow is not reachable from here: the KFP state is all there is
         print(f"kdpipe run {sent['run_id']} -> {summary['status'].upper()} (gate decision: see MLflow at "
               f"{cfg.tracking.uri})" + "".join(f"\n  error: {e}" for e in summary["errors"]))
-    return {"promoted": EXIT_OK, "unchanged": EXIT_OK, "gate_failed": EXIT_GATE_FAILED, "bad_input": EXIT_BAD_INPUT,
-            "succeeded": EXIT_OK}.get(summary["status"], EXIT_ERROR)
+    return exit_code(summary["status"])
 
 
 def cmd_schedule(args) -> int:
@@ -240,7 +245,7 @@ def add_cluster_args(p: argparse.ArgumentParser, config_required: bool = True) -
 
 def placement_from_args(args):
     from kdpipe.errors import ConfigError
-    from kdpipe_kfp.kdpipe_pipeline import Placement
+    from kdpipe_kfp.pipeline import Placement
 
     selector = {}
     for item in args.node_selector:
@@ -276,10 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "built image, tracking to an MLflow server (see docs/operations.md)")
     p.add_argument("--force", action="store_true", help="train even when config and data are those of the run that "
                                                         "produced the current champion (otherwise: `unchanged`)")
+    p.add_argument("--verbose", action="store_true", help="stream the whole log (KFP's local runner and every "
+                                                          "step's output) instead of a line per step")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="write the pipeline YAML for a Kubeflow cluster")
     p.add_argument("-o", "--output", default="kdpipe_pipeline.yaml")
+    p.add_argument("--components", metavar="DIR", help="also write each step's component spec into DIR")
     add_placement_args(p)
     p.set_defaults(func=cmd_compile)
 

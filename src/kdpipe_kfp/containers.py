@@ -34,11 +34,9 @@ def check_topology(cfg: Config, who: str = "--runner docker") -> None:
 
 def local_inputs(cfg: Config) -> list[str]:
     """The config's inputs that are files or folders of this machine (absolute, as config loading made them)."""
-    d = cfg.data
-    paths = [] if d.dataset else [getattr(d, s) for s in ("train", "validation", "test")]
-    paths += [d.label_names_file]
-    paths += [m for m in (cfg.teacher.model, cfg.student.model) if m and not is_remote_model(m) and Path(m).exists()]
-    return sorted({p for p in paths if p and not is_url(p)})
+    paths = [path for _, path in cfg.input_files() if not is_url(path)]
+    paths += [ref for _, ref in cfg.input_models() if not is_remote_model(ref) and Path(ref).exists()]
+    return sorted(set(paths))
 
 
 def docker_runner(cfg: Config, pipeline_root: Path, image: str):

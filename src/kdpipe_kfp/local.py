@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -35,18 +36,23 @@ def pipeline_arguments(cfg: Config, distill_params: dict | None = None, encode=j
 
 
 def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None = None,
-              runner: str = "subprocess", force: bool = False) -> dict:
+              runner: str = "subprocess", force: bool = False, verbose: bool = False) -> dict:
     """Run the whole pipeline locally; returns the summary (also written to output_dir/summary.json and to the
     run's own folder). runner "subprocess": each step a process of this Python; "docker": each step in the image
     (kdpipe_kfp.containers). The run is found by a tag only this invocation sets on its parent run, so runs
-    started together in one output folder each report themselves."""
+    started together in one output folder each report themselves. What KFP and the steps print goes to the
+    run's log (`kdpipe.log` in its folder); the terminal shows a line per step and progress bars (kdpipe_kfp.console),
+    or, with `verbose`, the log itself."""
+    import contextlib
     import uuid
+
+    from kdpipe_kfp.console import RunConsole
 
     from kfp import local
 
     from kdpipe.recovery import driver_tags, end_lost_runs
     from kdpipe.tracking import RUN_TAG, end_unfinished, find_parent_by_tag, store_failure
-    from kdpipe_kfp.kdpipe_pipeline import CPU_ONLY, make_pipeline
+    from kdpipe_kfp.pipeline import CPU_ONLY, make_pipeline
 
     for run_id in end_lost_runs(cfg):
         print(f"kdpipe: MLflow run {run_id} was left RUNNING by a kdpipe process that is gone: marked KILLED",
@@ -68,9 +74,19 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
     local.init(runner=kfp_runner, pipeline_root=str(root))
     started = time.perf_counter()
     failure = None
-    unpatched_print = builtins.print
+    unpatched_print, root_logger = builtins.print, logging.getLogger()
+    root_handlers, root_level = root_logger.handlers[:], root_logger.level
+    log_path = root / f"kdpipe-{invocation}.log"
+    print(f"kdpipe run: log {log_path}", file=sys.stderr)
     try:
-        make_pipeline(placement, secret="")(**pipeline_arguments(cfg, distill_params, local_safe_json, force))
+        with open(log_path, "w") as log:
+            console = RunConsole(log, verbose=verbose)
+            try:
+                with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+                    make_pipeline(placement, secret="")(**pipeline_arguments(cfg, distill_params, local_safe_json,
+                                                                             force))
+            finally:
+                console.detach()
     except RuntimeError as e:  # the local runner raises when a task fails; details are in MLflow
         failure = str(e)
     except BaseException:  # Ctrl-C or SIGTERM: end this run's MLflow runs now, not at the next run
@@ -82,6 +98,9 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
         # KFP's local runner indents task logs by swapping builtins.print; two tasks of a ParallelFor doing it at
         # once can leave it swapped, and everything printed after (the summary) indented.
         builtins.print = unpatched_print
+        # Likewise its logger: each task swaps the root logger's handlers for one on sys.stdout and puts back what
+        # it found, so two tasks at once can leave one on this run's console installed.
+        root_logger.handlers[:], root_logger.level = root_handlers, root_level
     wall = time.perf_counter() - started
     try:
         parent = find_parent_by_tag(cfg, INVOCATION_TAG, invocation)
@@ -92,11 +111,13 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
     if parent is not None:
         run_dir = root / parent.data.tags[RUN_TAG]
     else:  # no parent run (tracking failed before the first step opened one): the newest new folder
-        new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
+        new = sorted((p for p in set(root.iterdir()) - before if p.is_dir()), key=lambda p: p.stat().st_mtime)
         if not new:
             raise RuntimeError(f"the local pipeline run left no folder under {root}: {failure}")
         run_dir = new[-1]
+    log_path = log_path.rename(run_dir / "kdpipe.log")
     summary = build_summary(cfg, run_dir.name, wall, run_dir, failure)
+    summary["log"] = str(log_path)
     for folder in (output_dir, run_dir):
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
