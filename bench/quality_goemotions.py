@@ -27,7 +27,8 @@ from common import (CACHE, DERIVED_MAP, FEATURES, SHARED, STUDENT_LAYERS, Timer,
 
 from kdpipe.config import load_config
 from kdpipe.data import load_prepared
-from kdpipe.distill import distill_student, load_student_logits
+from kdpipe.artifacts import Student
+from kdpipe.distill import distill_student
 from kdpipe.metrics import compute_metrics, tune_thresholds
 from kdpipe.modeling import derive_student, load_classifier, load_tokenizer, predict_logits
 from kdpipe.teacher import evaluate_teacher
@@ -137,7 +138,8 @@ def main():
             student_dir = work / "students" / f"{label}-seed{seed}"
             with Timer() as t:
                 distill_student(run_cfg, data, teacher["model_dir"], teval, student_dir)
-            logits = {s: load_student_logits(student_dir, prep, s) for s in ("validation", "test")}
+            logits = {s: Student(student_dir).logits.load(s, prep.info["fingerprints"][s])
+                      for s in ("validation", "test")}
             out.write_text(json.dumps({"variant": label, "seed": seed, "learning_rate": args.student_lr,
                                        "epochs": args.student_epochs,
                                        **scored(logits, prep, run_cfg),

@@ -8,7 +8,8 @@ from kdpipe.config import LossTerm, StudentConfig, load_config
 from kdpipe.data import load_prepared, preprocess
 from kdpipe.errors import DataError, ExportError
 from kdpipe.modeling import derive_student, load_classifier, load_tokenizer, predict_logits
-from kdpipe.teacher import LOGITS_FILE, evaluate_teacher, load_logits, teacher_needs_finetuning
+from kdpipe.artifacts import teacher_logits
+from kdpipe.teacher import evaluate_teacher, teacher_needs_finetuning
 from kdpipe.losses import DistillationLoss
 from kdpipe.trainer import DistillationTrainer, KDCollator, training_arguments
 from tests.conftest import base_config, make_tiny_bert
@@ -117,11 +118,11 @@ def test_teacher_logits_cached_and_keyed_to_data(setup):
     cfg, root, teacher, prep = setup
     result = evaluate_teacher(cfg, root / "prep", teacher, root / "teval")
     assert result["logits_rows"] == 400 and set(result["metrics"]) == {"accuracy", "macro_f1"}
-    logits = load_logits(root / "teval", prep.info["fingerprints"]["train"], "evaluate-teacher")
+    logits = teacher_logits(root / "teval").load("train", prep.info["fingerprints"]["train"])
     assert logits.shape == (400, 2)
     with pytest.raises(DataError, match="computed on other data.*re-run evaluate-teacher"):
-        load_logits(root / "teval", "0" * 16, "evaluate-teacher")
-    assert (root / "teval" / LOGITS_FILE).is_file()
+        teacher_logits(root / "teval").load("train", "0" * 16)
+    assert (root / "teval" / "train_logits.safetensors").is_file()
 
 
 def test_distill_resumes_after_interruption(setup, monkeypatch):
@@ -291,19 +292,17 @@ def transfer_prep(setup, shared_data):
 
 def test_transfer_set_logits_cached_and_keyed_to_its_fingerprint(setup, transfer_prep):
     from kdpipe.data import TRANSFER
-    from kdpipe.teacher import split_logits_file
 
     _, root, teacher, _ = setup
     _, prep = transfer_prep
     assert prep.info["sizes"][TRANSFER] == 460 and prep.info["transfer"] == {
         "unlabeled": 60, "unlabeled_dropped_in_eval": 0, "augmented": 400}
-    file = root / "teval-transfer" / split_logits_file(TRANSFER)
-    cached = load_logits(file, prep.info["fingerprints"][TRANSFER], "evaluate-teacher")
+    cached = teacher_logits(root / "teval-transfer").load(TRANSFER, prep.info["fingerprints"][TRANSFER])
     tokenizer = load_tokenizer(prep.tokenizer_dir)
     assert torch.allclose(torch.tensor(cached), torch.tensor(predict_logits(load_classifier(teacher),
                                                                            prep.dataset[TRANSFER], tokenizer)))
     with pytest.raises(DataError, match="computed on other data"):
-        load_logits(file, prep.info["fingerprints"]["train"], "evaluate-teacher")
+        teacher_logits(root / "teval-transfer").load(TRANSFER, prep.info["fingerprints"]["train"])
 
 
 def test_student_distils_on_the_transfer_set_from_cached_logits(setup, transfer_prep, monkeypatch):

@@ -15,14 +15,10 @@ RETRAIN_KEY_TAG = "kdpipe.retrain_key"  # on a pipeline run: its config and data
 
 
 def champion_version(cfg) -> str | None:
-    from mlflow.exceptions import MlflowException
-
+    from kdpipe.registry import current_champion
     from kdpipe.tracking import mlflow_client
 
-    try:
-        return str(mlflow_client(cfg).get_model_version_by_alias(cfg.tracking.registered_model, "champion").version)
-    except MlflowException:
-        return None
+    return current_champion(mlflow_client(cfg), cfg.tracking.registered_model)
 
 
 def retrain_key(cfg, fingerprints: dict) -> str:

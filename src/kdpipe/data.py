@@ -6,8 +6,8 @@ names the file, column and row it is about."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import difflib
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,7 +231,8 @@ def check_columns(split: RawSplit, cfg: DataConfig, need_labels: bool = True) ->
         return
     hints = []
     for c in missing:
-        near = [x for x in columns if x.strip().lower() == c.strip().lower()] or difflib.get_close_matches(c, columns, 1, 0.75)
+        near = ([x for x in columns if x.strip().lower() == c.strip().lower()]
+                or difflib.get_close_matches(c, columns, 1, 0.75))
         if near:
             hints.append(f"{c!r} is not {near[0]!r} (names are compared exactly)")
     if cfg.header and any(len(c) > 40 or c.count(" ") >= 3 or isinstance(_canonical(c), int) for c in columns):

@@ -6,19 +6,16 @@ model again), and its decision thresholds (multi-label, tuned on validation)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from kdpipe.artifacts import Student, teacher_logits
 from kdpipe.config import Config
 from kdpipe.data import TRANSFER, Prepared, load_prepared
 from kdpipe.metrics import compute_metrics, tune_thresholds
 from kdpipe.modeling import (build_student, count_parameters, load_classifier, load_tokenizer, predict_logits,
                              torch_latency_ms)
-from kdpipe.teacher import load_logits, save_logits, split_logits_file, teacher_logits_file
-
-MODEL_DIR, THRESHOLDS = "model", "thresholds.json"
 
 
 def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_dir: str | Path | None,
@@ -85,8 +82,7 @@ def training_rows(prep: Prepared, logits_dir: str | Path | None, transfer: bool)
         if len(splits) > 1:
             rows = rows.add_column("labelled", [split == "train"] * len(rows))
         if logits_dir is not None:
-            logits = load_logits(Path(logits_dir) / teacher_logits_file(split), prep.info["fingerprints"][split],
-                                 producer="evaluate-teacher")
+            logits = teacher_logits(logits_dir).load(split, prep.info["fingerprints"][split])
             rows = rows.add_column("teacher_logits", logits.tolist())
         parts.append(rows)
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
@@ -105,18 +101,18 @@ def adopt_model(cfg: Config, data_dir: str | Path, model_dir: str | Path, out_di
 def _ship(cfg: Config, prep: Prepared, student, tokenizer, out_dir: Path, measure_latency: bool) -> dict:
     """Save the student, its fp32 logits on validation and on the evaluation split (computed here, once) and,
     multi-label, its decision thresholds tuned on validation; validation metrics and latency."""
-    model_dir = out_dir / MODEL_DIR
-    student.save_pretrained(str(model_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(model_dir))
+    shipped = Student(out_dir)
+    student.save_pretrained(str(shipped.model_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(shipped.model_dir))
     logits = {}
     for split in dict.fromkeys(["validation", prep.eval_split]):
         logits[split] = predict_logits(student, prep.dataset[split], tokenizer, cfg.distillation.eval_batch_size,
                                          f"student on {split}")
-        save_logits(out_dir / split_logits_file(split), logits[split], prep.info["fingerprints"][split], "student")
+        shipped.logits.save(split, logits[split], prep.info["fingerprints"][split], "student")
     labels = np.asarray(prep.dataset["validation"]["labels"])
     thresholds = (tune_thresholds(logits["validation"], labels, prep.schema, cfg.metrics.threshold)
                   if cfg.metrics.tune_thresholds else None)
-    (out_dir / THRESHOLDS).write_text(json.dumps(thresholds))
+    shipped.save_thresholds(thresholds)
     result = {"metrics": compute_metrics(logits["validation"], labels, prep.schema,
                                          cfg.metrics.threshold if thresholds is None else thresholds),
               "parameters": count_parameters(student)}
@@ -127,15 +123,3 @@ def _ship(cfg: Config, prep: Prepared, student, tokenizer, out_dir: Path, measur
         result["latency_ms_b1"] = torch_latency_ms(student.float().cpu(), 1, cfg.export.latency_seq_len,
                                                    cfg.export.latency_runs)
     return result
-
-
-def load_student_logits(student_dir: str | Path, prep: Prepared, split: str = "validation") -> np.ndarray:
-    return load_logits(Path(student_dir) / split_logits_file(split), prep.info["fingerprints"][split],
-                       producer="distill-student")
-
-
-def load_thresholds(student_dir: str | Path, cfg: Config):
-    """The student's decision thresholds: per label when tuned (multi-label), else metrics.threshold."""
-    file = Path(student_dir) / THRESHOLDS
-    tuned = json.loads(file.read_text()) if file.is_file() else None
-    return cfg.metrics.threshold if tuned is None else tuned

@@ -118,17 +118,19 @@ def export_onnx(cfg: Config, student_dir: str | Path, data_dir: str | Path, out_
 
 
 def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
-    from kdpipe.distill import MODEL_DIR, load_student_logits, load_thresholds
+    from kdpipe.artifacts import Student
     from kdpipe.metrics import decision_agreement
     from kdpipe.modeling import load_classifier, load_tokenizer
 
     e, schema = cfg.export, prep.schema
-    tokenizer = load_tokenizer(str(student_dir / MODEL_DIR))
-    model = load_classifier(str(student_dir / MODEL_DIR), trust_remote_code=cfg.trust_remote_code, what="student")
+    student = Student(student_dir)
+    tokenizer = load_tokenizer(str(student.model_dir))
+    model = load_classifier(str(student.model_dir), trust_remote_code=cfg.trust_remote_code, what="student")
     val = prep.dataset["validation"]
     labels = np.asarray(val["labels"])
-    thresholds = load_thresholds(student_dir, cfg)
-    torch_logits = load_student_logits(student_dir, prep)  # the student's own fp32 logits, from distillation
+    thresholds = student.thresholds(cfg.metrics.threshold)
+    # The student's own fp32 logits, from distillation.
+    torch_logits = student.logits.load("validation", prep.info["fingerprints"]["validation"])
     input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in val.column_names]
     metadata = {"label_names": schema.label_names, "problem_type": schema.problem_type,
                 "threshold": str(cfg.metrics.threshold), "input_names": input_names,

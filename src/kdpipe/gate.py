@@ -102,7 +102,9 @@ def evaluate_gate(gate, metric: str, student_metrics: dict, teacher_metrics: dic
     if champion is not None:
         checks.append({"check": "champion", "passed": promote, "observed": champion.get("challenger_value"),
                        "limit": champion.get("champion_value"), "reason": champion["reason"]})
-    reasons = [c["reason"] for c in checks if not c["passed"] and c["check"] != "champion"] or [c["reason"] for c in checks]
+    failed = [c["reason"] for c in checks if not c["passed"] and c["check"] != "champion"]
+    reasons = failed or [c["reason"] for c in checks]
     return GateDecision(passed=passed, promote_to_champion=promote, metric=metric, value=value, reasons=reasons,
-                        checks=checks, metrics=student_metrics, teacher_metrics=teacher_metrics, fidelity=fidelity or None,
+                        checks=checks, metrics=student_metrics, teacher_metrics=teacher_metrics,
+                        fidelity=fidelity or None,
                         latency_ms_b1=student_latency_ms, champion=champion)

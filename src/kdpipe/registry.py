@@ -52,11 +52,9 @@ def take_champion_if_better(cfg, version: str, gate: dict, rejudge) -> dict:
     """Compare-and-set of the `champion` alias: the gate judged the champion it saw; if another run moved the
     alias since, `rejudge(current_version) -> bool` decides again against the new champion (re-scored on this
     run's rows). Under registry_lock, so of two runs registering at once the better one ends as champion."""
-    from kdpipe.champion import champion_version
-
     name, judged = cfg.tracking.registered_model, gate.champion_version
     with registry_lock(cfg.tracking.uri, name):
-        current = champion_version(cfg)
+        current = current_champion(mlflow_client(cfg), name)
         promote = gate.promote_to_champion
         if current != judged:
             promote = bool(gate.passed and rejudge(current))
@@ -122,7 +120,7 @@ def promote(uri: str, name: str, version: str, reason: str, force: bool = False)
         raise ConfigError(f"{name} v{version} never passed kdpipe's evaluation gate (tag kdpipe.gate is "
                           f"{found.tags.get('kdpipe.gate')!r}); --force promotes it anyway")
     with registry_lock(uri, name):
-        previous = _champion(client, name)
+        previous = current_champion(client, name)
         if previous != str(version):
             set_champion(client, name, str(version), previous, reason)
     return {"registered_model": name, "champion": str(version), "previous": previous, "reason": reason}
@@ -133,7 +131,7 @@ def rollback(uri: str, name: str, reason: str) -> dict:
     from kdpipe.errors import ConfigError
 
     client = client_for(uri)
-    current = _champion(client, name)
+    current = current_champion(client, name)
     if current is None:
         raise ConfigError(f"registered model {name!r} at {uri} has no champion to roll back")
     previous = client.get_model_version(name, current).tags.get(PREVIOUS_TAG)
@@ -143,7 +141,8 @@ def rollback(uri: str, name: str, reason: str) -> dict:
     return promote(uri, name, previous, f"rollback from v{current}: {reason}", force=True)
 
 
-def _champion(client, name: str) -> str | None:
+def current_champion(client, name: str) -> str | None:
+    """The version the `champion` alias points at (None: no champion yet): the one lookup of it."""
     from mlflow.exceptions import MlflowException
 
     try:

@@ -132,12 +132,13 @@ def distill_student(ctx: StepContext, dataset_dir: str, teacher_dir: str, teache
                  student_dir: str, params_json: str = "", reuse_model_dir: str = "") -> dict:
     """Train the student with distillation.* (overridden by params_json, e.g. the best HPO trial's), or take the
     best trial's model (reuse_model_dir, from hpo-best) as it is."""
-    from kdpipe.distill import MODEL_DIR, adopt_model, distill_student
+    from kdpipe.artifacts import Student
+    from kdpipe.distill import adopt_model, distill_student
     from kdpipe.teacher import teacher_source
 
     params = json.loads(params_json) if params_json else None
     if reuse_model_dir:
-        result = adopt_model(ctx.cfg, dataset_dir, Path(reuse_model_dir) / MODEL_DIR, student_dir, params)
+        result = adopt_model(ctx.cfg, dataset_dir, Student(reuse_model_dir).model_dir, student_dir, params)
     else:
         result = distill_student(ctx.cfg, dataset_dir, teacher_source(ctx.cfg, teacher_dir, teacher_ref), logits_dir,
                                  student_dir, params, measure_latency=True, keeper=ctx.checkpoints())
@@ -154,23 +155,23 @@ def evaluate_gate(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_
     re-scored on the same rows. Needs no torch."""
     import numpy as np
 
+    from kdpipe import gate
+    from kdpipe.artifacts import Student, teacher_logits
     from kdpipe.champion import champion_version, judge_champion
     from kdpipe.data import load_prepared
-    from kdpipe.distill import load_student_logits, load_thresholds
-    from kdpipe import gate
     from kdpipe.metrics import compute_metrics, fidelity_to_teacher
-    from kdpipe.teacher import load_logits, split_logits_file
 
     cfg, prep = ctx.cfg, load_prepared(dataset_dir)
     split, schema = prep.eval_split, prep.schema
     rows = prep.dataset[split]
     labels = np.asarray(rows["labels"])
-    logits, thresholds = load_student_logits(student_dir, prep, split), load_thresholds(student_dir, cfg)
+    student = Student(student_dir)
+    logits = student.logits.load(split, prep.info["fingerprints"][split])
+    thresholds = student.thresholds(cfg.metrics.threshold)
     metrics = compute_metrics(logits, labels, schema, thresholds)
     metric = schema.primary_metric(cfg.gate.metric)
-    teacher_logits = load_logits(Path(teacher_logits_dir) / split_logits_file(split), prep.info["fingerprints"][split],
-                                 producer="evaluate-teacher")
-    fidelity = fidelity_to_teacher(logits, teacher_logits, labels, schema, thresholds, cfg.metrics.threshold)
+    teachers = teacher_logits(teacher_logits_dir).load(split, prep.info["fingerprints"][split])
+    fidelity = fidelity_to_teacher(logits, teachers, labels, schema, thresholds, cfg.metrics.threshold)
     version = champion_version(cfg)
     champion = judge_champion(cfg, version, schema, metric, rows["text"], labels, logits, thresholds)
     decision = gate.evaluate_gate(cfg.gate, metric, metrics, teacher_metrics, student_latency_ms, champion, fidelity)
@@ -204,9 +205,9 @@ def _gate_notes(cfg, split: str, thresholds) -> list[str]:
 def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, gate: GateDecision, onnx_dir: str) -> dict:
     """Only reached when the gate passed: export + verify the ONNX model, then register it with its aliases (the
     champion judged again, on the gate's rows, if another run moved the alias meanwhile)."""
+    from kdpipe.artifacts import Student
     from kdpipe.champion import judge_champion
     from kdpipe.data import load_prepared
-    from kdpipe.distill import load_student_logits, load_thresholds
     from kdpipe.export import export_onnx
     from kdpipe.model_card import model_card
     from kdpipe.registry import register_onnx
@@ -215,12 +216,13 @@ def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, gate: 
         raise RuntimeError("export_register reached with a failed gate; refusing to register")
     cfg, prep = ctx.cfg, load_prepared(dataset_dir)
     exported = export_onnx(cfg, student_dir, dataset_dir, onnx_dir, metric=gate.metric)
+    student = Student(student_dir)
     rows = prep.dataset[prep.eval_split]
 
     def rejudge(current: str | None) -> bool:
         verdict = judge_champion(cfg, current, prep.schema, gate.metric, rows["text"], rows["labels"],
-                                 load_student_logits(student_dir, prep, prep.eval_split),
-                                 load_thresholds(student_dir, cfg))
+                                 student.logits.load(prep.eval_split, prep.info["fingerprints"][prep.eval_split]),
+                                 student.thresholds(cfg.metrics.threshold))
         return verdict is None or verdict["promote"]
 
     card = model_card(cfg, prep.info, gate, exported)

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from kdpipe.artifacts import teacher_logits
 from kdpipe.config import Config, LossTerm
-from kdpipe.data import TRANSFER, load_prepared
 from kdpipe.errors import DataError
+from kdpipe.data import TRANSFER, load_prepared
 from kdpipe.sources import fetch_model, local_model
 from kdpipe.metrics import compute_metrics
 from kdpipe.modeling import (classifier_mismatch, count_parameters, load_classifier, load_tokenizer, predict_logits,
                              torch_latency_ms)
-
-LOGITS_FILE = "teacher_logits.safetensors"
-
 
 def teacher_needs_finetuning(cfg: Config, schema) -> tuple[bool, str]:
     if cfg.teacher.finetune == "always":
@@ -70,47 +68,13 @@ def teacher_source(cfg: Config, teacher_dir: str | Path, teacher_ref: str) -> st
     return fetch_model(teacher_ref, "teacher.model", cfg.tracking.uri) if teacher_ref else str(Path(teacher_dir) / "model")
 
 
-def split_logits_file(split: str) -> str:
-    """A model's logits on an evaluation split, as the teacher and the student artifacts hold them."""
-    return f"{split}_logits.safetensors"
-
-
-def teacher_logits_file(split: str) -> str:
-    """The teacher's cached logits on a training split (train, transfer), as the teacher_logits artifact holds them."""
-    return LOGITS_FILE if split == "train" else split_logits_file(split)
-
-
-def save_logits(path: Path, logits: np.ndarray, fingerprint: str, model: str) -> None:
-    """Logits keyed to the rows they were computed on (the split's fingerprint). safetensors: no pickle."""
-    from safetensors.numpy import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32)}, str(path),
-              metadata={"fingerprint": fingerprint, "model": model})
-
-
-def load_logits(path: str | Path, expected_fingerprint: str, producer: str) -> np.ndarray:
-    from safetensors import safe_open
-
-    file = Path(path) / LOGITS_FILE if Path(path).is_dir() else Path(path)
-    if not file.is_file():
-        raise DataError(f"{file}: logits not found; the {producer} step writes them")
-    with safe_open(str(file), framework="np") as f:
-        found = f.metadata().get("fingerprint")
-        if found != expected_fingerprint:
-            raise DataError(f"{file}: these logits were computed on other data (fingerprint {found}, data now "
-                            f"{expected_fingerprint}); re-run {producer}")
-        return f.get_tensor("logits")
-
-
 def evaluate_teacher(cfg: Config, data_dir: str | Path, teacher_dir: str, out_dir: str | Path) -> dict:
     """Pipeline step: teacher metrics + latency on the evaluation split (test when labelled, else validation),
     its logits there (the student's agreement with it) and over train (distillation), computed once."""
     import torch
 
     prep = load_prepared(data_dir)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = teacher_logits(out_dir)
     tokenizer = load_tokenizer(prep.tokenizer_dir)
     model = load_classifier(teacher_dir, trust_remote_code=cfg.trust_remote_code, what="teacher")
     if torch.cuda.is_available():
@@ -122,11 +86,11 @@ def evaluate_teacher(cfg: Config, data_dir: str | Path, teacher_dir: str, out_di
         metrics[name] = compute_metrics(logits, np.asarray(prep.dataset[name]["labels"]), prep.schema,
                                         cfg.metrics.threshold)
         if name == split:
-            save_logits(out_dir / split_logits_file(split), logits, prep.info["fingerprints"][split], teacher_dir)
+            out.save(split, logits, prep.info["fingerprints"][split], teacher_dir)
     start, rows = time.perf_counter(), 0
     for name in ["train"] + [TRANSFER] * (TRANSFER in prep.dataset):  # the transfer set is labelled here, once
         logits = predict_logits(model, prep.dataset[name], tokenizer, bs, f"teacher on {name}")
-        save_logits(out_dir / teacher_logits_file(name), logits, prep.info["fingerprints"][name], teacher_dir)
+        out.save(name, logits, prep.info["fingerprints"][name], teacher_dir)
         rows += int(logits.shape[0])
     logits_s = time.perf_counter() - start
     result = {"metrics": metrics[split], "split": split}

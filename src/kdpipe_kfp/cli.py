@@ -131,7 +131,9 @@ def cmd_run(args) -> int:
     from kdpipe.config import load_config
     from kdpipe.preflight import check_all
     from kdpipe.summary import print_summary
-    from kdpipe_kfp.local import run_local  # kfp is imported by the commands that need it: --help stays fast
+    from kdpipe_kfp.local import (
+        run_local,  # kfp is imported by the commands that need it: --help stays fast
+    )
 
     cfg = load_config(args.config, args.set)
     if args.runner == "docker":

@@ -18,8 +18,8 @@ from kdpipe.config import Config
 from kdpipe.errors import ConfigError
 from kdpipe.sources import is_remote_model, is_url, looks_like_path
 from kdpipe_kfp.containers import check_topology
-from kdpipe_kfp.pipeline import Placement, compile_pipeline
 from kdpipe_kfp.local import INVOCATION_TAG, pipeline_arguments
+from kdpipe_kfp.pipeline import Placement, compile_pipeline
 
 PIPELINE_NAME = "kdpipe"
 

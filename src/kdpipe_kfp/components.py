@@ -13,8 +13,18 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import (HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output,
-                     PipelineTaskFinalStatus)
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+    PipelineTaskFinalStatus,
+)
 
 from kdpipe import __version__
 

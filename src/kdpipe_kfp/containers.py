@@ -42,9 +42,10 @@ def local_inputs(cfg: Config) -> list[str]:
 def docker_runner(cfg: Config, pipeline_root: Path, image: str):
     """KFP's DockerRunner for this config: host network (the tracking server on loopback is the cluster's
     service), the image's non-root user writing the pipeline root, local inputs mounted read-only."""
-    import docker
     from docker.types import Mount
     from kfp import local
+
+    import docker
 
     check_topology(cfg)
     try:

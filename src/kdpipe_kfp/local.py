@@ -46,12 +46,16 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
     import contextlib
     import uuid
 
-    from kdpipe_kfp.console import RunConsole
-
     from kfp import local
 
     from kdpipe.recovery import driver_tags, end_lost_runs
-    from kdpipe.tracking import RUN_TAG, end_unfinished, find_parent_by_tag, store_failure
+    from kdpipe.tracking import (
+        RUN_TAG,
+        end_unfinished,
+        find_parent_by_tag,
+        store_failure,
+    )
+    from kdpipe_kfp.console import RunConsole
     from kdpipe_kfp.pipeline import CPU_ONLY, make_pipeline
 
     for run_id in end_lost_runs(cfg):

@@ -6,9 +6,22 @@ from pathlib import Path
 
 from kfp import dsl
 
-from kdpipe_kfp.components import (COMPONENTS, GPU_IMAGE, IMAGE, OPTIONS, distill_student, evaluate_gate, evaluate_teacher,
-                                   export_register, finish_tracking, hpo_best, hpo_worker, prepare_teacher,
-                                   preprocess, validate_tokenizers)
+from kdpipe_kfp.components import (
+    COMPONENTS,
+    GPU_IMAGE,
+    IMAGE,
+    OPTIONS,
+    distill_student,
+    evaluate_gate,
+    evaluate_teacher,
+    export_register,
+    finish_tracking,
+    hpo_best,
+    hpo_worker,
+    prepare_teacher,
+    preprocess,
+    validate_tokenizers,
+)
 
 RUN = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
 # Credentials reach the steps only as environment variables from a Kubernetes Secret (k8s/base).

@@ -1,0 +1,74 @@
+"""The folders steps hand on, each with its layout in one place: the class that writes an artifact also reads it.
+(The prepared dataset's is kdpipe.data.Prepared; the export folder's, kdpipe.export and kdpipe.serving.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kdpipe.errors import DataError
+
+
+class Logits:
+    """A model's logits on named splits, in one folder: a safetensors file per split (no pickle), keyed to the rows
+    it was computed on (the split's fingerprint), so logits of other data are refused. The teacher_logits artifact
+    holds the teacher's (train, transfer, the evaluation split); the student artifact the student's own (validation,
+    the evaluation split)."""
+
+    def __init__(self, folder: str | Path, producer: str):
+        self.folder, self.producer = Path(folder), producer
+
+    def file(self, split: str) -> Path:
+        return self.folder / f"{split}_logits.safetensors"
+
+    def save(self, split: str, logits: np.ndarray, fingerprint: str, model: str) -> None:
+        from safetensors.numpy import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32)}, str(self.file(split)),
+                  metadata={"fingerprint": fingerprint, "model": model})
+
+    def load(self, split: str, fingerprint: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        file = self.file(split)
+        if not file.is_file():
+            raise DataError(f"{file}: logits not found; the {self.producer} step writes them")
+        with safe_open(str(file), framework="np") as f:
+            found = f.metadata().get("fingerprint")
+            if found != fingerprint:
+                raise DataError(f"{file}: these logits were computed on other data (fingerprint {found}, data now "
+                                f"{fingerprint}); re-run {self.producer}")
+            return f.get_tensor("logits")
+
+
+def teacher_logits(folder: str | Path) -> Logits:
+    """evaluate-teacher's output."""
+    return Logits(folder, "evaluate-teacher")
+
+
+class Student:
+    """distill-student's output: the model and its tokenizer (`model/`, save_pretrained, safetensors), its fp32
+    logits on validation and the evaluation split (computed once: the gate judges them, the export checks parity
+    against them), and its decision thresholds (per label when tuned, multi-label)."""
+
+    THRESHOLDS = "thresholds.json"
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.logits = Logits(self.folder, "distill-student")
+
+    @property
+    def model_dir(self) -> Path:
+        return self.folder / "model"
+
+    def save_thresholds(self, thresholds: list[float] | None) -> None:
+        (self.folder / self.THRESHOLDS).write_text(json.dumps(thresholds))
+
+    def thresholds(self, default: float):
+        """Per label when tuned, else `default` (metrics.threshold)."""
+        file = self.folder / self.THRESHOLDS
+        tuned = json.loads(file.read_text()) if file.is_file() else None
+        return default if tuned is None else tuned
