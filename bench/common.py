@@ -77,7 +77,8 @@ CACHE = Path(os.environ.get("KDPIPE_BENCH_CACHE", ROOT / "bench" / "cache"))
 def cached_teacher(cfg, work: Path) -> dict:
     """Preprocess and fine-tune the teacher once per work folder (the expensive part of a quality benchmark);
     later runs with the same teacher settings and data reuse it. Returns the teacher result plus `seconds`."""
-    from kdpipe.data import load_prepared, preprocess
+    from kdpipe.artifacts import load_prepared
+    from kdpipe.data import preprocess
     from kdpipe.teacher import finetune_teacher
 
     done = work / "teacher.json"

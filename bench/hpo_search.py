@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from common import SHARED, Timer, minilm, save
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
+from kdpipe.artifacts import load_prepared
 from kdpipe.config import load_config
-from kdpipe.data import load_prepared, preprocess
+from kdpipe.data import preprocess
 from kdpipe.hpo import run_trials, suggest
 from kdpipe.modeling import build_student, load_classifier, load_tokenizer
 from kdpipe.teacher import evaluate_teacher, finetune_teacher
-
 
 # ---------------------------------------------------------------- the blog's code, as published
 
@@ -114,7 +114,7 @@ def kdpipe_search(cfg, prep_dir, teacher_dir, work: Path, n_trials: int) -> dict
     logits = evaluate_teacher(cfg, prep_dir, teacher_dir, work / "teval")["logits_seconds"]
     with Timer() as t:
         summary = run_trials(cfg, prep_dir, teacher_dir, work / "teval", work / "trials", n_trials=n_trials)
-    study = open_study(cfg, fingerprint=load_prepared(prep_dir).info["fingerprints"]["train"])
+    study = open_study(cfg, fingerprint=load_prepared(prep_dir).fingerprint("train"))
     trials = [{"number": tr.number, "params": tr.params, "value": tr.value, "state": tr.state.name,
                "epochs_run": len(tr.intermediate_values)} for tr in study.trials]
     return {"seconds": t.seconds + logits, "search_seconds": t.seconds, "teacher_logits_seconds": logits, "best_value": summary["best_value"],

@@ -21,10 +21,13 @@ from pathlib import Path
 import numpy as np
 from common import CACHE, ROOT, SHARED, minilm, random_bert, save
 
+from kdpipe.artifacts import Export
 from kdpipe.export import onnx_latency_ms, onnx_logits, quantize_int8, to_onnx
-from kdpipe.serving import FP32, INT8, session
 from kdpipe.modeling import derive_student, load_classifier, torch_latency_ms
+from kdpipe.serving import session
 from kdpipe.task import SINGLE, LabelSchema
+
+FP32, INT8 = Export.FP32, Export.INT8
 
 BINARY = LabelSchema(SINGLE, ["0", "1"])
 

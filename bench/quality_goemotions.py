@@ -25,9 +25,8 @@ import numpy as np
 from common import (CACHE, DERIVED_MAP, FEATURES, SHARED, STUDENT_LAYERS, Timer, cached_teacher, data_prefix, minilm,
                     prepared, run_label, save, seed_summary, variant_dirs, variant_distillation)
 
+from kdpipe.artifacts import Student, load_prepared
 from kdpipe.config import load_config
-from kdpipe.data import load_prepared
-from kdpipe.artifacts import Student
 from kdpipe.distill import distill_student
 from kdpipe.metrics import compute_metrics, tune_thresholds
 from kdpipe.modeling import derive_student, load_classifier, load_tokenizer, predict_logits
@@ -138,7 +137,7 @@ def main():
             student_dir = work / "students" / f"{label}-seed{seed}"
             with Timer() as t:
                 distill_student(run_cfg, data, teacher["model_dir"], teval, student_dir)
-            logits = {s: Student(student_dir).logits.load(s, prep.info["fingerprints"][s])
+            logits = {s: Student(student_dir).logits.load(s, prep.fingerprint(s))
                       for s in ("validation", "test")}
             out.write_text(json.dumps({"variant": label, "seed": seed, "learning_rate": args.student_lr,
                                        "epochs": args.student_epochs,

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from kdpipe.artifacts import load_prepared
 from kdpipe.config import load_config
-from kdpipe.data import MULTI, SINGLE, load_and_validate, load_prepared, preprocess
+from kdpipe.data import MULTI, SINGLE, load_and_validate, preprocess
 from kdpipe.errors import DataError
 from tests.conftest import base_config
 

@@ -8,8 +8,8 @@ from kdpipe.config import load_config
 from kdpipe.data import preprocess
 from kdpipe.distill import distill_student
 from kdpipe.export import export_onnx
-from kdpipe.serving import OnnxClassifier
 from kdpipe.gate import evaluate_gate
+from kdpipe.serving import OnnxClassifier
 from kdpipe.teacher import evaluate_teacher, finetune_teacher, teacher_needs_finetuning
 from tests.serving import assert_served_as_predicted, served
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 
 def run_chain(cfg, root):
-    from kdpipe.data import load_prepared
+    from kdpipe.artifacts import load_prepared
 
     preprocess(cfg, root / "prep")
     schema = load_prepared(root / "prep").schema

@@ -3,15 +3,15 @@ import json
 import pytest
 import torch
 
-from kdpipe_kfp.cli import main
+from kdpipe.artifacts import load_prepared, teacher_logits
 from kdpipe.config import LossTerm, StudentConfig, load_config
-from kdpipe.data import load_prepared, preprocess
+from kdpipe.data import preprocess
 from kdpipe.errors import DataError, ExportError
-from kdpipe.modeling import derive_student, load_classifier, load_tokenizer, predict_logits
-from kdpipe.artifacts import teacher_logits
-from kdpipe.teacher import evaluate_teacher, teacher_needs_finetuning
 from kdpipe.losses import DistillationLoss
+from kdpipe.modeling import derive_student, load_classifier, load_tokenizer, predict_logits
+from kdpipe.teacher import evaluate_teacher, teacher_needs_finetuning
 from kdpipe.trainer import DistillationTrainer, KDCollator, training_arguments
+from kdpipe_kfp.cli import main
 from tests.conftest import base_config, make_tiny_bert
 
 

@@ -1,14 +1,61 @@
 """The folders steps hand on, each with its layout in one place: the class that writes an artifact also reads it.
-(The prepared dataset's is kdpipe.data.Prepared; the export folder's, kdpipe.export and kdpipe.serving.)"""
+Prepared (preprocess), Logits (evaluate-teacher, and inside Student), Student (distill-student), Export
+(export-register: the registered model's files)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kdpipe.errors import DataError
+from kdpipe.task import LabelSchema
+
+
+@dataclass
+class Prepared:
+    """preprocess's output: the tokenized splits (`dataset/`, datasets' save_to_disk; evaluation splits keep their
+    texts), the teacher's tokenizer (`tokenizer/`) and `data_info.json` (label schema, each split's fingerprint and
+    size, token statistics)."""
+
+    path: Path
+    dataset: object  # datasets.DatasetDict
+    schema: LabelSchema
+    info: dict
+
+    @staticmethod
+    def save(path: str | Path, dataset, tokenizer, info: dict) -> None:
+        path = Path(path)
+        dataset.save_to_disk(str(path / "dataset"))
+        tokenizer.save_pretrained(str(path / "tokenizer"))
+        (path / "data_info.json").write_text(json.dumps(info, indent=2))
+
+    @property
+    def tokenizer_dir(self) -> str:
+        return str(self.path / "tokenizer")
+
+    def fingerprint(self, split: str) -> str:
+        return self.info["fingerprints"][split]
+
+    @property
+    def eval_split(self) -> str:
+        """The split the gate judges on: `test` when it has labels (held out: training, HPO and thresholds
+        select on validation), else `validation`."""
+        test = self.dataset.get("test") if hasattr(self.dataset, "get") else None
+        return "test" if test is not None and "labels" in test.column_names else "validation"
+
+
+def load_prepared(path: str | Path) -> Prepared:
+    import datasets
+
+    path = Path(path)
+    info_file = path / "data_info.json"
+    if not info_file.is_file():
+        raise DataError(f"{path}: not a preprocessed dataset (no data_info.json); run the preprocess step first")
+    info = json.loads(info_file.read_text())
+    return Prepared(path, datasets.load_from_disk(str(path / "dataset")), LabelSchema(**info["schema"]), info)
 
 
 class Logits:
@@ -72,3 +119,25 @@ class Student:
         file = self.folder / self.THRESHOLDS
         tuned = json.loads(file.read_text()) if file.is_file() else None
         return default if tuned is None else tuned
+
+
+class Export:
+    """export-register's output and the registered model's artifact: `model.onnx`, `model.int8.onnx` when the int8
+    model passed its checks, the tokenizer files, `README.md` (the model card)."""
+
+    FP32, INT8, CARD = "model.onnx", "model.int8.onnx", "README.md"
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    @property
+    def fp32(self) -> Path:
+        return self.folder / self.FP32
+
+    @property
+    def int8(self) -> Path:
+        return self.folder / self.INT8
+
+    @property
+    def card(self) -> Path:
+        return self.folder / self.CARD

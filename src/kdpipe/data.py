@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdpipe.artifacts import Prepared
 from kdpipe.config import Config, DataConfig
 from kdpipe.errors import DataError
 from kdpipe.sources import fetch_file, is_url, local_model
@@ -145,7 +146,6 @@ def _read_local_table(path: str, cfg: DataConfig):
 def _name_bad_json_line(path: str) -> None:
     """A JSON-lines file that does not load: the first line that is not a JSON object, named (a whole-file JSON
     array loads, and is left to the loader's message)."""
-    import json
 
     with open(path, encoding=ENCODING) as f:
         if f.read(1) == "[":
@@ -499,8 +499,6 @@ def preprocess(cfg: Config, out_dir: str | Path, tokenizer=None) -> dict:
             features["labels"] = (datasets.Sequence(datasets.Value("float32")) if schema.multi_label
                                   else datasets.ClassLabel(names=schema.label_names))
         dd[name] = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
-    datasets.DatasetDict(dd).save_to_disk(str(out_dir / "dataset"))
-    tokenizer.save_pretrained(str(out_dir / "tokenizer"))
     lengths = [len(x) for x in dd["train"]["input_ids"]]
     info = {
         "schema": schema.to_json(),
@@ -511,38 +509,5 @@ def preprocess(cfg: Config, out_dir: str | Path, tokenizer=None) -> dict:
         "train_tokens_mean": float(np.mean(lengths)),
         "train_truncated_fraction": float(np.mean([n >= cfg.data.max_length for n in lengths])),
     }
-    (out_dir / "data_info.json").write_text(json.dumps(info, indent=2))
+    Prepared.save(out_dir, datasets.DatasetDict(dd), tokenizer, info)
     return info
-
-
-@dataclass
-class Prepared:
-    """A preprocess step's output, loaded."""
-
-    path: Path
-    dataset: object  # datasets.DatasetDict
-    schema: LabelSchema
-    info: dict
-
-    @property
-    def tokenizer_dir(self) -> str:
-        return str(self.path / "tokenizer")
-
-    @property
-    def eval_split(self) -> str:
-        """The split the gate judges on: `test` when it has labels (held out: training, HPO and thresholds
-        select on validation), else `validation`."""
-        test = self.dataset.get("test") if hasattr(self.dataset, "get") else None
-        return "test" if test is not None and "labels" in test.column_names else "validation"
-
-
-def load_prepared(path: str | Path) -> Prepared:
-    import datasets
-
-    path = Path(path)
-    info_file = path / "data_info.json"
-    if not info_file.is_file():
-        raise DataError(f"{path}: not a preprocessed dataset (no data_info.json); run the preprocess step first")
-    info = json.loads(info_file.read_text())
-    dd = datasets.load_from_disk(str(path / "dataset"))
-    return Prepared(path, dd, LabelSchema(**info["schema"]), info)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kdpipe.artifacts import Student, teacher_logits
+from kdpipe.artifacts import Prepared, Student, load_prepared, teacher_logits
 from kdpipe.config import Config
-from kdpipe.data import TRANSFER, Prepared, load_prepared
+from kdpipe.data import TRANSFER
 from kdpipe.metrics import compute_metrics, tune_thresholds
 from kdpipe.modeling import (build_student, count_parameters, load_classifier, load_tokenizer, predict_logits,
                              torch_latency_ms)
@@ -82,7 +82,7 @@ def training_rows(prep: Prepared, logits_dir: str | Path | None, transfer: bool)
         if len(splits) > 1:
             rows = rows.add_column("labelled", [split == "train"] * len(rows))
         if logits_dir is not None:
-            logits = teacher_logits(logits_dir).load(split, prep.info["fingerprints"][split])
+            logits = teacher_logits(logits_dir).load(split, prep.fingerprint(split))
             rows = rows.add_column("teacher_logits", logits.tolist())
         parts.append(rows)
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
@@ -108,7 +108,7 @@ def _ship(cfg: Config, prep: Prepared, student, tokenizer, out_dir: Path, measur
     for split in dict.fromkeys(["validation", prep.eval_split]):
         logits[split] = predict_logits(student, prep.dataset[split], tokenizer, cfg.distillation.eval_batch_size,
                                          f"student on {split}")
-        shipped.logits.save(split, logits[split], prep.info["fingerprints"][split], "student")
+        shipped.logits.save(split, logits[split], prep.fingerprint(split), "student")
     labels = np.asarray(prep.dataset["validation"]["labels"])
     thresholds = (tune_thresholds(logits["validation"], labels, prep.schema, cfg.metrics.threshold)
                   if cfg.metrics.tune_thresholds else None)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kdpipe.artifacts import Export
 from kdpipe.config import Config
 from kdpipe.errors import ExportError
 from kdpipe.metrics import compute_metrics, measure_latency
 from kdpipe.modeling import batched_logits
-from kdpipe.serving import FP32, INT8, session
+from kdpipe.serving import session
 from kdpipe.task import LabelSchema
 
 
@@ -105,7 +106,7 @@ def export_onnx(cfg: Config, student_dir: str | Path, data_dir: str | Path, out_
     """The student artifact (distill-student's) exported, verified and timed. `metric` (the gate's; default the
     task's primary metric) judges the int8 model. On any failed check the output folder is removed: nothing
     half-verified is left behind."""
-    from kdpipe.data import load_prepared
+    from kdpipe.artifacts import load_prepared
 
     prep = load_prepared(data_dir)
     out_dir = Path(out_dir)
@@ -122,6 +123,7 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
     from kdpipe.metrics import decision_agreement
     from kdpipe.modeling import load_classifier, load_tokenizer
 
+    files = Export(out_dir)
     e, schema = cfg.export, prep.schema
     student = Student(student_dir)
     tokenizer = load_tokenizer(str(student.model_dir))
@@ -130,14 +132,14 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
     labels = np.asarray(val["labels"])
     thresholds = student.thresholds(cfg.metrics.threshold)
     # The student's own fp32 logits, from distillation.
-    torch_logits = student.logits.load("validation", prep.info["fingerprints"]["validation"])
+    torch_logits = student.logits.load("validation", prep.fingerprint("validation"))
     input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in val.column_names]
     metadata = {"label_names": schema.label_names, "problem_type": schema.problem_type,
                 "threshold": str(cfg.metrics.threshold), "input_names": input_names,
                 "max_length": str(cfg.data.max_length), "producer": "kdpipe"}
     if isinstance(thresholds, list):
         metadata["thresholds"] = thresholds  # per label, tuned on validation: what predict and serving decide with
-    fused = to_onnx(model, input_names, out_dir / FP32, schema, metadata, e.opset, e.fuse)
+    fused = to_onnx(model, input_names, files.fp32, schema, metadata, e.opset, e.fuse)
     tokenizer.save_pretrained(str(out_dir))
     split = prep.eval_split
 
@@ -148,28 +150,28 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
         return compute_metrics(val_logits, labels, schema, thresholds), eval_logits
 
     rows = min(e.parity_samples, len(val))
-    fp32 = session(out_dir / FP32)
+    fp32 = session(files.fp32)
     parity = float(np.abs(onnx_logits(fp32, val.select(range(rows)), tokenizer, 32) - torch_logits[:rows]).max())
     if parity > e.parity_tolerance:
         raise ExportError(f"ONNX and PyTorch logits differ by {parity:.2e} on {rows} validation rows "
                           f"(export.parity_tolerance {e.parity_tolerance}); the exported model is not trusted")
     fp32_metrics, fp32_eval = scored(fp32)
-    result = {"path": str(out_dir / FP32), "max_abs_logit_diff": parity, "parity_rows": rows, "fused_operators": fused,
+    result = {"path": str(files.fp32), "max_abs_logit_diff": parity, "parity_rows": rows, "fused_operators": fused,
               "metrics_torch": compute_metrics(torch_logits, labels, schema, thresholds),
               "metrics_fp32": fp32_metrics,
               "latency_ms": {"fp32_b1": onnx_latency_ms(fp32, 1, e.latency_seq_len, e.latency_runs),
                              "fp32_b32": onnx_latency_ms(fp32, 32, e.latency_seq_len, max(3, e.latency_runs // 4))},
-              "size_mb": {"fp32": (out_dir / FP32).stat().st_size / 2**20}}
+              "size_mb": {"fp32": files.fp32.stat().st_size / 2**20}}
     if e.quantize:
-        quantize_int8(out_dir / FP32, out_dir / INT8)
-        int8 = session(out_dir / INT8)
+        quantize_int8(files.fp32, files.int8)
+        int8 = session(files.int8)
         int8_metrics, int8_eval = scored(int8)
         flips = decision_agreement(fp32_eval, int8_eval, schema, thresholds, thresholds)
         result.update(_int8_verdict(out_dir, fp32_metrics, int8_metrics, metric, 1.0 - flips["rows"], split, e))
         result["latency_ms"].update({"int8_b1": onnx_latency_ms(int8, 1, e.latency_seq_len, e.latency_runs),
                                      "int8_b32": onnx_latency_ms(int8, 32, e.latency_seq_len,
                                                                  max(3, e.latency_runs // 4))})
-        result["size_mb"]["int8"] = (out_dir / INT8).stat().st_size / 2**20 if result["int8_path"] else None
+        result["size_mb"]["int8"] = files.int8.stat().st_size / 2**20 if result["int8_path"] else None
     return result
 
 
@@ -178,7 +180,7 @@ def _int8_verdict(out_dir: Path, fp32_metrics: dict, int8_metrics: dict, metric:
     """The int8 model is kept only when its `metric` (the gate's) drops by at most export.max_int8_metric_drop
     on validation and, when set, at most export.max_int8_label_flip_rate of the evaluation rows change decision."""
     drop = fp32_metrics[metric] - int8_metrics[metric]
-    result = {"int8_path": str(out_dir / INT8), "metrics_int8": int8_metrics, "int8_metric": metric,
+    result = {"int8_path": str(Export(out_dir).int8), "metrics_int8": int8_metrics, "int8_metric": metric,
               "int8_metric_drop": drop, "int8_label_flip_rate": flip_rate, "int8_label_flip_split": split}
     why = []
     if drop > e.max_int8_metric_drop:
@@ -187,6 +189,6 @@ def _int8_verdict(out_dir: Path, fp32_metrics: dict, int8_metrics: dict, metric:
         why.append(f"int8 changes the decision on {flip_rate:.2%} of {split} rows > "
                    f"export.max_int8_label_flip_rate {e.max_int8_label_flip_rate}")
     if why:
-        (out_dir / INT8).unlink()
+        Export(out_dir).int8.unlink()
         result.update({"int8_path": None, "int8_rejected": "; ".join(why)})
     return result

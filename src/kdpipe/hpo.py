@@ -149,12 +149,12 @@ def run_trials(cfg: Config, data_dir, teacher_dir: str, logits_dir, work_dir, n_
     import optuna
     import torch
 
-    from kdpipe.data import load_prepared
+    from kdpipe.artifacts import load_prepared
     from kdpipe.distill import distill_student
     from kdpipe.errors import TrainingDiverged
     prep = load_prepared(data_dir)
     metric = prep.schema.primary_metric(cfg.hpo.metric if cfg.hpo.metric != "auto" else cfg.gate.metric)
-    study = open_study(cfg, worker, prep.info["fingerprints"]["train"])
+    study = open_study(cfg, worker, prep.fingerprint("train"))
     study.set_user_attr("metric", metric)
     work_dir = Path(work_dir)
     target = n_trials or cfg.hpo.n_trials

@@ -107,8 +107,10 @@ def push_registered(uri: str, name: str, version: str, repo_id: str) -> str:
 
     import mlflow
 
+    from kdpipe.artifacts import Export
+
     with tempfile.TemporaryDirectory(prefix="kdpipe-push-") as tmp:
         mlflow.set_tracking_uri(uri)
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
-        folder = next(local.rglob("model.onnx")).parent  # the export folder, the pyfunc's artifact
+        folder = next(local.rglob(Export.FP32)).parent  # the export folder, the pyfunc's artifact
         return push_to_hub(str(folder), repo_id)

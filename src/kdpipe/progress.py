@@ -9,7 +9,7 @@ import re
 import time
 
 log = logging.getLogger("kdpipe.progress")
-LINE = re.compile(r"progress: (?P<what>[\w ]+?) (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+)$")
+LINE = re.compile(r"kdpipe: progress: (?P<what>[\w ]+?) (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+)$")
 
 
 class Progress:
@@ -21,7 +21,7 @@ class Progress:
         now = time.monotonic()
         if done >= self.total or now - self.last >= self.every_s:
             self.last = now
-            log.info("progress: %s %d/%d %s", self.what, min(done, self.total), self.total, self.unit)
+            log.info("kdpipe: progress: %s %d/%d %s", self.what, min(done, self.total), self.total, self.unit)
 
 
 def training_callback(what: str = "training"):

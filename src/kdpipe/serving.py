@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kdpipe.artifacts import Export
 from kdpipe.errors import ExportError
 from kdpipe.task import LabelSchema
-
-FP32, INT8 = "model.onnx", "model.int8.onnx"
 
 
 def session(path: Path):
@@ -29,7 +28,7 @@ class OnnxClassifier:
         from transformers import AutoTokenizer
 
         model_dir = Path(model_dir)
-        path = model_dir / (INT8 if int8 else FP32) if model_dir.is_dir() else model_dir
+        path = (Export(model_dir).int8 if int8 else Export(model_dir).fp32) if model_dir.is_dir() else model_dir
         if not path.is_file():
             raise ExportError(f"{path}: no ONNX model there; give the folder written by the export step")
         try:

@@ -1,6 +1,7 @@
 """The one step lifecycle. A pipeline step is a plain function `fn(ctx, *inputs) -> dict`; `@tracked_step()`
 wraps it the way ZenML's MLflow tracker wraps a step: the config is parsed, the step's MLflow run is opened and
-closed, the step is timed and announced (one log line as it starts and one as it ends), its numbers become
+closed, the step is timed and announced (`kdpipe: step NAME started`, then `... done in N s` or `... failed
+after N s: why`), its numbers become
 metrics, its result is written once (`result.json` on that run), and a failure is recorded on the run (tag
 `kdpipe.error`, status FAILED; bad input becomes a one-line exit, not retried). Call the wrapped step with the
 config (a Config or its JSON), the pipeline run's name, then the step's own inputs.
@@ -127,7 +128,7 @@ def tracked_step(run=child_run):
             from kdpipe.tracking import log_result, store_failures_in_one_line
 
             cfg = as_config(config)
-            log.info("step %s started", name)
+            log.info("kdpipe: step %s started", name)
             try:
                 with store_failures_in_one_line(cfg), run(cfg, pipeline_run, name) as (run_id, active):
                     result = fn(StepContext(cfg, pipeline_run, run_id), *args, **kwargs)
@@ -139,10 +140,10 @@ def tracked_step(run=child_run):
 
                             mlflow.log_dict(result, "result.json")
             except BaseException as e:
-                log.info("step %s failed after %.1f s: %s", name, time.perf_counter() - started,
+                log.info("kdpipe: step %s failed after %.1f s: %s", name, time.perf_counter() - started,
                          str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
                 raise
-            log.info("step %s done in %.1f s", name, time.perf_counter() - started)
+            log.info("kdpipe: step %s done in %.1f s", name, time.perf_counter() - started)
             return result
 
         step.step_name = name

@@ -53,7 +53,7 @@ def preprocess(ctx: StepContext, dataset_dir: str, force: bool = False) -> dict:
 def prepare_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str) -> dict:
     """Fine-tunes the teacher into teacher_dir only when it is not yet a classifier for these labels. The result's
     `teacher_ref` is what later steps load: "" (the fine-tuned model in teacher_dir) or the configured teacher."""
-    from kdpipe.data import load_prepared
+    from kdpipe.artifacts import load_prepared
     from kdpipe.teacher import finetune_teacher, teacher_needs_finetuning
 
     needed, why = teacher_needs_finetuning(ctx.cfg, load_prepared(dataset_dir).schema)
@@ -101,7 +101,7 @@ def hpo_best(ctx: StepContext, dataset_dir: str, report_path: str, best_model_di
     """After the workers: the best trial's params (over params_json) for the final distillation, Optuna's plots
     at report_path, and with hpo.reuse_best_model the best trial's model in best_model_dir. With HPO off,
     params_json passes through and nothing is tracked."""
-    from kdpipe.data import load_prepared
+    from kdpipe.artifacts import load_prepared
     from kdpipe.errors import SearchFailed
     from kdpipe.hpo import lost_trials, open_study, study_summary, write_report
     from kdpipe.tracking import download_trial_model, mark_lost_trials
@@ -112,7 +112,7 @@ def hpo_best(ctx: StepContext, dataset_dir: str, report_path: str, best_model_di
     if not cfg.hpo.enabled:
         Path(report_path).write_text("<p>HPO is off (hpo.enabled: false): distillation uses the config.</p>")
         return {"hpo": False, "params": given, "reuse_model": False}
-    study = open_study(cfg, fingerprint=load_prepared(dataset_dir).info["fingerprints"]["train"])
+    study = open_study(cfg, fingerprint=load_prepared(dataset_dir).fingerprint("train"))
     summary = study_summary(study)
     mark_lost_trials(cfg, ctx.run_id, lost_trials(study))
     ctx.log_text_file(write_report(study, report_path), "report.html")
@@ -156,9 +156,8 @@ def evaluate_gate(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_
     import numpy as np
 
     from kdpipe import gate
-    from kdpipe.artifacts import Student, teacher_logits
+    from kdpipe.artifacts import Student, load_prepared, teacher_logits
     from kdpipe.champion import champion_version, judge_champion
-    from kdpipe.data import load_prepared
     from kdpipe.metrics import compute_metrics, fidelity_to_teacher
 
     cfg, prep = ctx.cfg, load_prepared(dataset_dir)
@@ -166,11 +165,11 @@ def evaluate_gate(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_
     rows = prep.dataset[split]
     labels = np.asarray(rows["labels"])
     student = Student(student_dir)
-    logits = student.logits.load(split, prep.info["fingerprints"][split])
+    logits = student.logits.load(split, prep.fingerprint(split))
     thresholds = student.thresholds(cfg.metrics.threshold)
     metrics = compute_metrics(logits, labels, schema, thresholds)
     metric = schema.primary_metric(cfg.gate.metric)
-    teachers = teacher_logits(teacher_logits_dir).load(split, prep.info["fingerprints"][split])
+    teachers = teacher_logits(teacher_logits_dir).load(split, prep.fingerprint(split))
     fidelity = fidelity_to_teacher(logits, teachers, labels, schema, thresholds, cfg.metrics.threshold)
     version = champion_version(cfg)
     champion = judge_champion(cfg, version, schema, metric, rows["text"], labels, logits, thresholds)
@@ -205,9 +204,8 @@ def _gate_notes(cfg, split: str, thresholds) -> list[str]:
 def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, gate: GateDecision, onnx_dir: str) -> dict:
     """Only reached when the gate passed: export + verify the ONNX model, then register it with its aliases (the
     champion judged again, on the gate's rows, if another run moved the alias meanwhile)."""
-    from kdpipe.artifacts import Student
+    from kdpipe.artifacts import Export, Student, load_prepared
     from kdpipe.champion import judge_champion
-    from kdpipe.data import load_prepared
     from kdpipe.export import export_onnx
     from kdpipe.model_card import model_card
     from kdpipe.registry import register_onnx
@@ -221,12 +219,12 @@ def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, gate: 
 
     def rejudge(current: str | None) -> bool:
         verdict = judge_champion(cfg, current, prep.schema, gate.metric, rows["text"], rows["labels"],
-                                 student.logits.load(prep.eval_split, prep.info["fingerprints"][prep.eval_split]),
+                                 student.logits.load(prep.eval_split, prep.fingerprint(prep.eval_split)),
                                  student.thresholds(cfg.metrics.threshold))
         return verdict is None or verdict["promote"]
 
     card = model_card(cfg, prep.info, gate, exported)
-    (Path(onnx_dir) / "README.md").write_text(card)  # travels in the model's folder (and to the Hub)
+    Export(onnx_dir).card.write_text(card)  # travels in the model's folder (and to the Hub)
     examples = prep.dataset["validation"]["text"][:2]
     exported["registry"] = register_onnx(cfg, onnx_dir, gate, examples, rejudge, card)
     return exported

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from kdpipe.artifacts import teacher_logits
+from kdpipe.artifacts import load_prepared, teacher_logits
 from kdpipe.config import Config, LossTerm
+from kdpipe.data import TRANSFER
 from kdpipe.errors import DataError
-from kdpipe.data import TRANSFER, load_prepared
-from kdpipe.sources import fetch_model, local_model
 from kdpipe.metrics import compute_metrics
 from kdpipe.modeling import (classifier_mismatch, count_parameters, load_classifier, load_tokenizer, predict_logits,
                              torch_latency_ms)
+from kdpipe.sources import fetch_model, local_model
+
 
 def teacher_needs_finetuning(cfg: Config, schema) -> tuple[bool, str]:
     if cfg.teacher.finetune == "always":
@@ -86,11 +87,11 @@ def evaluate_teacher(cfg: Config, data_dir: str | Path, teacher_dir: str, out_di
         metrics[name] = compute_metrics(logits, np.asarray(prep.dataset[name]["labels"]), prep.schema,
                                         cfg.metrics.threshold)
         if name == split:
-            out.save(split, logits, prep.info["fingerprints"][split], teacher_dir)
+            out.save(split, logits, prep.fingerprint(split), teacher_dir)
     start, rows = time.perf_counter(), 0
     for name in ["train"] + [TRANSFER] * (TRANSFER in prep.dataset):  # the transfer set is labelled here, once
         logits = predict_logits(model, prep.dataset[name], tokenizer, bs, f"teacher on {name}")
-        out.save(name, logits, prep.info["fingerprints"][name], teacher_dir)
+        out.save(name, logits, prep.fingerprint(name), teacher_dir)
         rows += int(logits.shape[0])
     logits_s = time.perf_counter() - start
     result = {"metrics": metrics[split], "split": split}

@@ -52,9 +52,12 @@ def cmd_validate_tokenizers(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    if args.model.startswith(("models:/", "runs:/")):  # a registered model, from MLFLOW_TRACKING_URI's registry
+    if args.model.startswith(("models:/", "runs:/")):  # a registered model, from that tracking server's registry
+        import mlflow
+
         from kdpipe.pyfunc import load_registered
 
+        mlflow.set_tracking_uri(_tracking_uri(args))
         clf = load_registered(args.model, int8=args.int8)
     else:
         from kdpipe.serving import OnnxClassifier
@@ -347,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "model: models:/NAME@champion, models:/NAME/VERSION (the registry "
                                                   "of MLFLOW_TRACKING_URI)")
     p.add_argument("--int8", action="store_true", help="use model.int8.onnx")
+    p.add_argument("--tracking-uri", help="for a registered model: MLflow tracking URI (default: "
+                                          "$MLFLOW_TRACKING_URI)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
     p.set_defaults(func=cmd_predict)

@@ -12,8 +12,8 @@ import threading
 
 from kdpipe.progress import LINE as PROGRESS
 
-STEP = re.compile(r"step (?P<name>\w+) (?P<event>started|done|failed)(?: (?:in|after) (?P<seconds>[\d.]+) s)?"
-                  r"(?:: (?P<why>.*))?$")
+STEP = re.compile(r"kdpipe: step (?P<name>\w+) (?:(?P<started>started)|done in (?P<done>[\d.]+) s|"
+                  r"failed after (?P<failed>[\d.]+) s: (?P<why>.*))$")
 
 
 class RunConsole(io.TextIOBase):
@@ -57,12 +57,15 @@ class RunConsole(io.TextIOBase):
             self.log = None
 
     def _read(self, line: str) -> None:
-        step = STEP.search(line)
-        if step:
-            getattr(self, f"_{step['event']}")(step["name"], step["seconds"], step["why"])
-            return
-        progress = PROGRESS.search(line)
-        if progress and self.running:
+        step, progress = STEP.search(line), PROGRESS.search(line)
+        if step and step["started"]:
+            self._started(step["name"])
+        elif step and step["done"]:
+            self._ended(step["name"], "✓", f"{float(step['done']):7.1f} s")
+        elif step:
+            why = step["why"] if len(step["why"]) <= 100 else step["why"][:100] + "…"
+            self._ended(step["name"], "✗", f"{float(step['failed']):7.1f} s  {why}")
+        elif progress and self.running:
             self._progress(self.running[-1], progress["what"], int(progress["done"]), int(progress["total"]),
                            progress["unit"])
 
@@ -77,7 +80,7 @@ class RunConsole(io.TextIOBase):
             self.out.write(text + "\n")
         self.out.flush()
 
-    def _started(self, name: str, *_) -> None:
+    def _started(self, name: str) -> None:
         self.running.append(name)
         if self.tty and name not in self.bars:
             from tqdm import tqdm
@@ -92,13 +95,6 @@ class RunConsole(io.TextIOBase):
         if bar is not None:
             bar.close()
         self._say(f"{mark} {name:<20} {text}")
-
-    def _done(self, name: str, seconds, _why) -> None:
-        self._ended(name, "✓", f"{float(seconds):7.1f} s")
-
-    def _failed(self, name: str, seconds, why) -> None:
-        why = why or ""
-        self._ended(name, "✗", f"{float(seconds):7.1f} s  {why[:100] + '…' if len(why) > 100 else why}".rstrip())
 
     def _progress(self, name: str, what: str, done: int, total: int, unit: str) -> None:
         bar = self.bars.get(name)
