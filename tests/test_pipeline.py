@@ -124,6 +124,33 @@ def test_a_run_in_a_terminal_reads_as_progress(first_champion):
     assert summary["log"].endswith("kdpipe.log") and "Executing task" in log and "progress: training" in log
 
 
+def test_the_console_draws_bars_on_an_unsized_terminal_too():
+    """A pseudo-terminal nobody sized (`script` from a pipe, some CI runners) reports 0 columns, on which tqdm draws
+    nothing: the console then takes 100; a sized one, its width. Steps' lines are read only with kdpipe's prefix."""
+    import fcntl
+    import io
+    import os
+    import struct
+    import termios
+
+    from kdpipe_kfp.console import RunConsole
+
+    master, slave = os.openpty()
+    with open(slave, "w") as terminal:
+        console = RunConsole(io.StringIO(), out=terminal)
+        assert console.tty and console._columns() == 100
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 57, 0, 0))
+        assert console._columns() == 57
+        console.write("global step 10 done\nkdpipe: step preprocess started\nkdpipe: progress: training 3/6 steps\n")
+        assert list(console.bars) == ["preprocess"] and console.bars["preprocess"].n == 3
+        console.write("kdpipe: step preprocess done in 1.5 s\n")
+        console.detach()
+        terminal.flush()
+        shown = os.read(master, 65536).decode()
+    os.close(master)
+    assert "preprocess: training:  50%|" in shown and re.search(r"✓ preprocess +1.5 s", shown), shown
+
+
 def test_gate_passes_exports_and_registers(tiny_run, first_champion, capsys, monkeypatch):
     code, summary, printed = first_champion
     assert code == 0, (summary, printed)

@@ -6,6 +6,7 @@ not a terminal. `--verbose` also streams the whole log."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import sys
 import threading
@@ -85,8 +86,15 @@ class RunConsole(io.TextIOBase):
         if self.tty and name not in self.bars:
             from tqdm import tqdm
 
-            self.bars[name] = tqdm(desc=f"  {name}", total=None, file=self.out, leave=False, dynamic_ncols=True,
+            self.bars[name] = tqdm(desc=f"  {name}", total=None, file=self.out, leave=False, ncols=self._columns(),
                                    bar_format="{desc}  {elapsed}")
+
+    def _columns(self) -> int:
+        """The terminal's width; a pseudo-terminal nobody sized (script, some CI runners) says 0: 100 then."""
+        try:
+            return os.get_terminal_size(self.out.fileno()).columns or 100
+        except (OSError, ValueError):
+            return 100
 
     def _ended(self, name: str, mark: str, text: str) -> None:
         if name in self.running:
@@ -104,7 +112,8 @@ class RunConsole(io.TextIOBase):
                 bar.bar_format = None  # tqdm's own: |█████     | 40/100 [00:03<00:04, 12.1it/s]
                 bar.unit = f" {unit}"
             bar.set_description(f"  {name}: {what}", refresh=False)
-            bar.update(done - bar.n)
+            bar.n = done
+            bar.refresh()  # progress lines come a second apart at most: each is drawn
         elif not self.tty and not self.verbose:
             quarter = 4 * done // max(total, 1)
             if self.shown.get((name, what), 0) < quarter < 4:  # 25, 50, 75 %: the end is the step's line
