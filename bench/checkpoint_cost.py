@@ -16,7 +16,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import SHARED, minilm, save
+from common import SHARED, fresh_logit_store, minilm, save
 
 from kdpipe.config import load_config
 from kdpipe.data import preprocess
@@ -42,7 +42,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cfg = load_config(raw={
-            "teacher": {"model": minilm(), "epochs": 0.2, "batch_size": 32}, "student": {"layers": [0, 5]},
+            "teacher": {"model": minilm(), "epochs": 0.2, "batch_size": 32, "logit_store": fresh_logit_store()}, "student": {"layers": [0, 5]},
             "data": {"train": str(SHARED / "sst2/train.tsv"), "validation": str(SHARED / "sst2/dev.tsv"),
                      "text_column": "sentence", "max_length": 64, "max_train_samples": args.rows,
                      "max_eval_samples": 200},

@@ -20,6 +20,14 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def fresh_logit_store() -> str:
+    """A teacher-logit store of this benchmark run's own (teacher.logit_store): what a bench times as the
+    teacher's pass is computed, never found stored by an earlier run (bench/reuse.py measures the reuse)."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="kdpipe-bench-logits-")
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return f"GPU {torch.cuda.get_device_name(0)}, torch {torch.__version__}"

@@ -18,7 +18,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import SHARED, minilm, random_bert, save
+from common import SHARED, fresh_logit_store, minilm, random_bert, save
 
 from kdpipe.config import load_config
 from kdpipe.data import preprocess
@@ -38,7 +38,7 @@ MODES = {
 
 
 def run_pair(name, teacher, student_section, rows, max_length, root: Path, finetune: bool):
-    raw = {"teacher": {"model": teacher, "epochs": 1, "batch_size": 32}, "student": student_section,
+    raw = {"teacher": {"model": teacher, "epochs": 1, "batch_size": 32, "logit_store": fresh_logit_store()}, "student": student_section,
            "data": {"train": str(SHARED / "sst2/train.tsv"), "validation": str(SHARED / "sst2/dev.tsv"),
                     "text_column": "sentence", "max_length": max_length, "max_train_samples": rows,
                     "max_eval_samples": 200},

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import SHARED, Timer, minilm, save
+from common import SHARED, Timer, fresh_logit_store, minilm, save
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from kdpipe.artifacts import load_prepared
@@ -128,7 +128,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="kdpipe-bench-hpo-"))
-    raw = {"teacher": {"model": minilm(), "epochs": 2, "batch_size": 32, "learning_rate": 5e-5},
+    raw = {"teacher": {"model": minilm(), "epochs": 2, "batch_size": 32, "logit_store": fresh_logit_store(), "learning_rate": 5e-5},
            "student": {"layers": [0, 5]},
            "data": {"train": str(SHARED / "sst2/train.tsv"), "validation": str(SHARED / "sst2/dev.tsv"),
                     "text_column": "sentence", "max_length": 128, "max_train_samples": args.rows},

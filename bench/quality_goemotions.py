@@ -22,8 +22,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import (CACHE, DERIVED_MAP, FEATURES, SHARED, STUDENT_LAYERS, Timer, cached_teacher, data_prefix, minilm,
-                    prepared, run_label, save, seed_summary, variant_dirs, variant_distillation)
+from common import (CACHE, DERIVED_MAP, FEATURES, SHARED, STUDENT_LAYERS, Timer, cached_teacher, data_prefix,
+                    fresh_logit_store, minilm, prepared, run_label, save, seed_summary, variant_dirs, variant_distillation)
 
 from kdpipe.artifacts import Student, load_prepared
 from kdpipe.config import load_config
@@ -52,7 +52,7 @@ def config(args, seed: int, variant: dict | None = None, student_model: str | No
     g = SHARED / "goemotions"
     return load_config(raw={
         "teacher": {"model": args.base_model or minilm(), "epochs": args.teacher_epochs, "learning_rate": args.teacher_lr,
-                    "batch_size": 32, "finetune": args.teacher_finetune},
+                    "batch_size": 32, "finetune": args.teacher_finetune, "logit_store": fresh_logit_store()},
         "student": {"model": student_model} if student_model else {"layers": STUDENT_LAYERS},
         "data": {"train": str(g / "train.tsv"), "validation": str(g / "dev.tsv"), "test": str(g / "test.tsv"),
                  "header": False, "column_names": ["text", "labels", "id"], "label_columns": ["labels"],

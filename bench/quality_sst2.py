@@ -35,8 +35,8 @@ import argparse
 import json
 from pathlib import Path
 
-from common import (CACHE, DERIVED_MAP, FEATURES, SHARED, STUDENT_LAYERS, Timer, cached_teacher, data_prefix, minilm,
-                    prepared, run_label, save, seed_summary, variant_dirs, variant_distillation)
+from common import (CACHE, DERIVED_MAP, FEATURES, SHARED, STUDENT_LAYERS, Timer, cached_teacher, data_prefix,
+                    fresh_logit_store, minilm, prepared, run_label, save, seed_summary, variant_dirs, variant_distillation)
 
 from kdpipe.config import load_config
 from kdpipe.distill import distill_student
@@ -57,7 +57,7 @@ def config(args, variant: dict, seed: int):
                     "batch_size": 64, "warmup": 0.06, "seed": seed}
     distillation.update(variant_distillation(variant, args.augment_factor))
     return load_config(raw={
-        "teacher": {"model": args.teacher or minilm(), "epochs": 1.0, "learning_rate": 5e-5, "batch_size": 32},
+        "teacher": {"model": args.teacher or minilm(), "epochs": 1.0, "learning_rate": 5e-5, "batch_size": 32, "logit_store": fresh_logit_store()},
         "student": {"layers": STUDENT_LAYERS},
         "data": {"train": str(SHARED / "sst2/train.tsv"), "validation": str(SHARED / "sst2/dev.tsv"),
                  "text_column": "sentence", "max_length": 64, "max_train_samples": args.train_rows},

@@ -75,7 +75,9 @@ def sst2_small(tmp_path_factory, shared_data) -> tuple[str, str]:
 
 
 def base_config(teacher: str, train: str, validation: str, **sections) -> dict:
-    raw = {"teacher": {"model": teacher, "epochs": 1, "batch_size": 32},
+    # Teacher logits are stored beside the teacher (a folder per test setup), not in the cwd's MLflow store.
+    raw = {"teacher": {"model": teacher, "epochs": 1, "batch_size": 32,
+                       "logit_store": str(Path(teacher).parent / "logit-store")},
            "student": {"layers": [0, 3]},
            "data": {"train": train, "validation": validation, "text_column": "sentence", "max_length": 64},
            "distillation": {"epochs": 1, "batch_size": 32},
@@ -83,6 +85,21 @@ def base_config(teacher: str, train: str, validation: str, **sections) -> dict:
     for key, value in sections.items():
         raw.setdefault(key, {}).update(value)
     return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_setup(tmp_path_factory, sst2_small, bert_tokenizer):
+    """A tiny 4-layer teacher classifier and the small SST-2 sample preprocessed for it:
+    (config, root folder, teacher folder, the Prepared dataset at root/prep)."""
+    from kdpipe.artifacts import load_prepared
+    from kdpipe.config import load_config
+    from kdpipe.data import preprocess
+
+    root = tmp_path_factory.mktemp("tiny-setup")
+    teacher = make_tiny_bert(root / "teacher", bert_tokenizer, layers=4, num_labels=2, seed=1, dropout=0.0)
+    cfg = load_config(raw=base_config(teacher, *sst2_small))
+    preprocess(cfg, root / "prep")
+    return cfg, root, teacher, load_prepared(root / "prep")
 
 
 def write_tiny_pipeline_config(root: Path, tokenizer, sst2: tuple[str, str], experiment: str, registered_model: str,

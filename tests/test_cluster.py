@@ -134,7 +134,8 @@ def test_gpu_placement_is_in_the_compiled_yaml(tmp_path):
     spec, platform = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
     executors = spec["deploymentSpec"]["executors"]
     on_gpu = {n for n, e in executors.items() if e["container"].get("resources", {}).get("accelerator")}
-    assert on_gpu == {"exec-prepare-teacher", "exec-evaluate-teacher", "exec-hpo-worker", "exec-distill-student"}
+    assert on_gpu == {"exec-prepare-teacher", "exec-teacher-shard", "exec-evaluate-teacher", "exec-hpo-worker",
+                      "exec-distill-student"}
     for name in on_gpu:
         assert executors[name]["container"]["resources"]["accelerator"] == {"count": "2", "resourceCount": "2",
                                                                              "resourceType": "nvidia.com/gpu",

@@ -106,3 +106,36 @@ def test_kserve_inference_service_serves_the_champion(tmp_path):
     result = subprocess.run([str(Path(__import__("sys").executable).parent / "kubernetes-validate"),
                              "--strict", str(tmp_path / "pod.yaml")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_multinode_trainjob_runs_kdpipe_distill_on_every_node(tmp_path):
+    """Kubeflow Trainer's CRD schema is not available offline either: the TrainJob's own fields are checked here
+    (the v1alpha1 trainer fields), its command is parsed by kdpipe's own parser, and the container it becomes on
+    each node is validated strictly by kubernetes-validate."""
+    from kdpipe_kfp.cli import build_parser
+
+    [job] = [d for d in yaml.safe_load_all((ROOT / "k8s/multinode/trainjob.yaml").read_text()) if d]
+    assert (job["apiVersion"], job["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert job["metadata"]["namespace"] == "kdpipe" and job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    trainer = job["spec"]["trainer"]
+    assert set(trainer) <= {"image", "command", "args", "env", "numNodes", "numProcPerNode", "resourcesPerNode"}
+    assert trainer["numNodes"] >= 2 and trainer["image"].endswith("-cuda")
+    assert trainer["command"][:3] == ["torchrun", "-m", "kdpipe_kfp.cli"]
+    args = build_parser().parse_args(trainer["command"][3:] + trainer["args"])
+    assert args.func.__name__ == "cmd_distill" and args.teacher.startswith("models:/")
+    assert all(v.startswith("s3://") for v in (args.config, args.dataset, args.teacher_logits, args.output))
+    secrets = {e["name"] for e in trainer["env"] if "valueFrom" in e}
+    assert {"AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_TOKEN"} <= secrets  # from Secrets, never a literal
+    assert not any("value" in e and ("SECRET" in e["name"] or "PASSWORD" in e["name"]) for e in trainer["env"])
+    base = [d for d in yaml.safe_load_all((ROOT / "k8s/base/secrets.template.yaml").read_text()) if d]
+    keys = {(d["metadata"]["name"], k) for d in base for k in d["stringData"]}
+    assert all((e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"]) in keys
+               for e in trainer["env"] if "valueFrom" in e)  # the keys k8s/base defines
+    container = {"name": "node", "image": trainer["image"], "command": trainer["command"], "args": trainer["args"],
+                 "env": trainer["env"], "resources": trainer["resourcesPerNode"]}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "node-0", "namespace": "kdpipe"},
+           "spec": {"securityContext": {"runAsNonRoot": True}, "containers": [container]}}
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
+    result = subprocess.run([str(Path(__import__("sys").executable).parent / "kubernetes-validate"),
+                             "--strict", str(tmp_path / "pod.yaml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

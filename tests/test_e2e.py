@@ -55,6 +55,17 @@ def test_sst2_minilm_to_two_layers(tmp_path, shared_data, minilm_path):
     rows = OnnxClassifier(tmp_path / "onnx").predict(["a masterpiece , moving and funny .",
                                                       "a tedious , joyless mess ."])
     assert [r["labels"] for r in rows] == [["1"], ["0"]]
+    # The same student trained data parallel: two processes on this CPU (gloo), the same global batch.
+    ddp = cfg.model_copy(deep=True)
+    ddp.distillation.processes = 2
+    parallel = distill_student(ddp, tmp_path / "prep", str(tmp_path / "teacher" / "model"), tmp_path / "teval",
+                               tmp_path / "student-ddp")
+    print(f"data parallel (2 processes): student {parallel['metrics']['accuracy']:.4f} "
+          f"({parallel['train_runtime_s']:.1f} s training, single process {student['train_runtime_s']:.1f} s)")
+    assert sorted(p.name for p in (tmp_path / "student-ddp").iterdir()) == sorted(
+        p.name for p in (tmp_path / "student").iterdir())  # one model, one set of logits: rank 0's
+    assert parallel["train_rows"] == student["train_rows"] and parallel["resumed_from"] is None
+    assert abs(parallel["metrics"]["accuracy"] - student_acc) <= 0.01
 
 
 def test_jigsaw_multilabel(tmp_path, shared_data, minilm_path, capsys):

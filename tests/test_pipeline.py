@@ -35,7 +35,8 @@ def test_pipeline_shape_gpu_retries_and_gate():
     spec, platform = yaml.safe_load_all(COMPILED.read_text())
     executors = spec["deploymentSpec"]["executors"]
     gpu = {name for name, ex in executors.items() if ex["container"].get("resources", {}).get("accelerator")}
-    assert gpu == {"exec-prepare-teacher", "exec-evaluate-teacher", "exec-hpo-worker", "exec-distill-student"}
+    assert gpu == {"exec-prepare-teacher", "exec-teacher-shard", "exec-evaluate-teacher", "exec-hpo-worker",
+                   "exec-distill-student"}
     root = spec["root"]["dag"]["tasks"]
     handler = next(t for name, t in root.items() if name.startswith("exit-handler"))
     outer = spec["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
@@ -45,12 +46,21 @@ def test_pipeline_shape_gpu_retries_and_gate():
     assert outer["preprocess"]["inputs"]["parameters"]["force"]["componentInputParameter"] == "pipelinechannel--force"
     tasks = spec["components"][changed["componentRef"]["name"]]["dag"]["tasks"]
     assert tasks["distill-student"]["retryPolicy"]["maxRetryCount"] == 2
+    loops = {t["parameterIterator"]["items"]["inputParameter"]: (name, t) for name, t in tasks.items()
+             if name.startswith("for-loop")}
+    # The teacher's pass: a ParallelFor of shard tasks (on the GPU pool, retried), then evaluate-teacher merges.
+    shard_loop, loop = loops["pipelinechannel--teacher_shards"]
+    shards = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(shards) == ["teacher-shard"] and shards["teacher-shard"]["retryPolicy"]["maxRetryCount"] == 2
+    assert shard_loop in tasks["evaluate-teacher"]["dependentTasks"]
+    assert executors["exec-teacher-shard"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     # HPO: a ParallelFor over the hpo_workers parameter, then hpo-best feeds distill-student.
-    loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
-    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--hpo_workers"
+    hpo_loop, loop = loops["pipelinechannel--hpo_workers"]
     workers = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
     assert list(workers) == ["hpo-worker"] and workers["hpo-worker"]["retryPolicy"]["maxRetryCount"] == 2
-    assert any(d.startswith("for-loop") for d in tasks["hpo-best"]["dependentTasks"])
+    assert hpo_loop in tasks["hpo-best"]["dependentTasks"]
+    assert tasks["prepare-teacher"]["inputs"]["parameters"]["force"]["componentInputParameter"] == \
+        "pipelinechannel--force"
     params = tasks["distill-student"]["inputs"]["parameters"]
     assert params["params_json"]["taskOutputParameter"] == {"outputParameterKey": "params_json",
                                                             "producerTask": "hpo-best"}
@@ -260,6 +270,7 @@ def new_data_run(tiny_run, first_champion, shared_data):
                      "--set", "hpo.enabled=true", "--set", "hpo.n_trials=4", "--set", "hpo.workers=2",
                      "--set", f"hpo.storage=journal:{out}/optuna.log", "--set", f"hpo.space={space}",
                      "--set", "hpo.reuse_best_model=true", "--set", "tracking.registered_model=passing",
+                     "--set", "teacher.shards=2",
                      "--set", f"data.train={new_data / 'train.tsv'}", "--set", f"data.test={new_data / 'test.tsv'}"])
     return code, json.loads((out / "summary.json").read_text()), printed.getvalue(), dev[121:241]
 
@@ -324,6 +335,14 @@ def test_hpo_on_new_data_judged_on_labelled_test_against_the_champion_rescored(t
     report = (run_dir / "evaluate-gate" / "report").read_text()
     assert f"champion v{champion['version']}" in report and "McNemar" in report
     assert shipped["metrics"]["accuracy"] == pytest.approx(hpo["best_value"])  # validation, where HPO chose
+    # A new teacher (other training data), its logits computed by two shard tasks, side by side, then merged.
+    assert summary["teacher"]["finetuned"] and summary["teacher"]["logits"]["shards"] == 2
+    shards = [c for c in client.search_runs([parent.info.experiment_id],
+                                            f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+              if c.data.tags["kdpipe.role"] == "teacher_shard"]
+    computed = sorted(int(c.data.metrics["rows_computed"]) for c in shards)
+    assert len(computed) == 2 and computed[0] > 0 and sum(computed) == summary["teacher"]["logits"]["rows_computed"]
+    assert "teacher_shards" in summary["timings"]["steps"]
 
 
 def test_compare_three_runs_then_promote_and_rollback(tiny_run, first_champion, unchanged_rerun, new_data_run,
@@ -383,10 +402,11 @@ def test_compare_three_runs_then_promote_and_rollback(tiny_run, first_champion, 
     assert len(err.splitlines()) == 1
 
 
-def test_gate_fails_nothing_exported_or_registered_and_the_run_reports_itself(tiny_run):
+def test_gate_fails_nothing_exported_or_registered_and_the_run_reports_itself(tiny_run, first_champion, capsys):
     """A gate that says no: exit 3, nothing exported or registered. The same run checks that `kdpipe run` reports
     itself when another run's folder appears mid-run (it used to take the newest folder under the output folder
-    as its own, so two runs started together printed the same summary)."""
+    as its own, so two runs started together printed the same summary). Only gate and registry settings differ
+    from the first champion's run: its fine-tuned teacher and all its logits are reused, and say so."""
     import os
     import threading
     import time
@@ -416,6 +436,27 @@ def test_gate_fails_nothing_exported_or_registered_and_the_run_reports_itself(ti
     assert max(folders, key=lambda p: p.stat().st_mtime) == intruder and summary["pipeline_run"] != intruder.name
     assert parent.data.tags["kdpipe.pipeline_run"] == summary["pipeline_run"]
     assert json.loads((out / "pipeline-root" / summary["pipeline_run"] / "summary.json").read_text()) == summary
+    first = first_champion[1]
+    assert first["teacher"]["finetuned"] and first["teacher"]["logits"] == {"rows_reused": 0, "rows_computed": 520,
+                                                                             "shards": 1}
+    teacher = summary["teacher"]
+    assert not teacher["finetuned"] and teacher["version"] == first["teacher"]["version"]
+    assert teacher["reused_from_run"] == children["prepare_teacher"].data.tags["kdpipe.teacher_reused_from"] == \
+        parent.data.tags["kdpipe.teacher_reused_from"]
+    assert teacher["logits"] == {"rows_reused": 520, "rows_computed": 0, "shards": 1}
+    assert teacher["metrics"] == first["teacher"]["metrics"]  # the same teacher, the same logits
+    assert "train_runtime_s" not in mlflow_result(children["prepare_teacher"])  # nothing trained (bench/reuse.py: times)
+    capsys.readouterr()
+    assert main(["compare", str(tiny_run / "config.yaml"), "--runs", first["mlflow"]["parent_run_id"],
+                 parent.info.run_id]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert f" teacher v{teacher['version']}, 520/520 logit rows " in rows[summary["pipeline_run"]]
+
+
+def mlflow_result(run) -> dict:
+    import mlflow
+
+    return mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/result.json")
 
 
 def test_bad_local_data_fails_before_the_pipeline_starts(tiny_run, tmp_path, capsys):

@@ -12,16 +12,12 @@ from kdpipe.modeling import derive_student, load_classifier, load_tokenizer, pre
 from kdpipe.teacher import evaluate_teacher, teacher_needs_finetuning
 from kdpipe.trainer import DistillationTrainer, KDCollator, training_arguments
 from kdpipe_kfp.cli import main
-from tests.conftest import base_config, make_tiny_bert
+from tests.conftest import base_config
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, sst2_small, bert_tokenizer):
-    root = tmp_path_factory.mktemp("steps")
-    teacher = make_tiny_bert(root / "teacher", bert_tokenizer, layers=4, num_labels=2, seed=1, dropout=0.0)
-    cfg = load_config(raw=base_config(teacher, *sst2_small))
-    preprocess(cfg, root / "prep")
-    return cfg, root, teacher, load_prepared(root / "prep")
+def setup(tiny_setup):
+    return tiny_setup
 
 
 def one_step_params(prep, teacher_dir, root, *, batch, accumulation, cached, name):
@@ -117,7 +113,7 @@ def test_the_same_config_and_data_train_the_same_teacher_and_student(setup, tiny
 def test_teacher_logits_cached_and_keyed_to_data(setup):
     cfg, root, teacher, prep = setup
     result = evaluate_teacher(cfg, root / "prep", teacher, root / "teval")
-    assert result["logits_rows"] == 400 and set(result["metrics"]) == {"accuracy", "macro_f1"}
+    assert result["logits"]["rows"] == 520 and set(result["metrics"]) == {"accuracy", "macro_f1"}  # train + dev
     logits = teacher_logits(root / "teval").load("train", prep.info["fingerprints"]["train"])
     assert logits.shape == (400, 2)
     with pytest.raises(DataError, match="computed on other data.*re-run evaluate-teacher"):

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from kdpipe.gate import GateDecision
-from kdpipe.summary import run_outcome, step_results
+from kdpipe.summary import reuse_text, run_outcome, step_results, teacher_reuse
 from kdpipe.tracking import ERROR_TAG, ROLE_TAG, RUN_TAG
 
 IGNORED_SETTINGS = ("tracking.tags", "output_dir")  # labels and local folders, not what decides a model
@@ -58,7 +58,7 @@ def describe(client, parent) -> dict:
         "retention": student / teacher if student is not None and teacher else None,
         "latency_ms_b1": gate.latency_ms_b1, "onnx_ms_b1": latency.get("int8_b1", latency.get("fp32_b1")),
         "size_mb": size.get("int8") or size.get("fp32"),
-        "champion": gate.champion_value,
+        "champion": gate.champion_value, "reused": reuse_text(teacher_reuse(results)),
         "version": registry.get("version"), "aliases": aliases,
         "settings": {k: v for k, v in parent.data.params.items() if not k.startswith(IGNORED_SETTINGS)},
         "trials": _trials(client, parent, results.get("hpo_best")),
@@ -89,7 +89,8 @@ def _fmt(v, digits=4) -> str:
 
 
 COLUMNS = [("run", "run"), ("outcome", "outcome"), ("data", "data"), ("split", "split"), ("teacher", "teacher"),
-           ("student", "student"), ("retention", "retention"), ("champion", "champion on these rows"),
+           ("student", "student"), ("retention", "retention"), ("reused", "reused"),
+           ("champion", "champion on these rows"),
            ("latency_ms_b1", "torch ms b1"), ("onnx_ms_b1", "onnx ms b1"), ("size_mb", "MB"), ("version", "version"),
            ("aliases", "aliases")]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -42,6 +42,29 @@ class TeacherConfig(_Section):
     epochs: float = Field(3.0, gt=0, description="fine-tuning epochs")
     learning_rate: float = Field(5e-5, gt=0, description="fine-tuning learning rate")
     batch_size: int = Field(32, ge=1, description="fine-tuning batch size")
+    reuse: Literal["auto", "never"] = Field(
+        "auto", description="`auto`: a teacher kdpipe fine-tuned is registered with a key of everything that decides "
+                            "it (source model, fine-tuning settings, seed, data, labels, max_length) and adopted by "
+                            "later runs with that key; teacher logits are stored per row and only missing rows are "
+                            "computed. `never`: fine-tune and compute every row again (the results are still "
+                            "recorded). `kdpipe run --force` also fine-tunes again")
+    registered_model: str | None = Field(None, description="the registered model a fine-tuned teacher is recorded "
+                                                           "as; default `<tracking.registered_model>-teacher`")
+    logit_store: str = Field("mlflow", description="where teacher logits are stored per row: `mlflow` (the tracking "
+                                                   "server's artifact store) or a folder or object-store URL "
+                                                   "(`s3://bucket/kdpipe-logits/`) every pod can reach")
+    shards: int = Field(1, ge=1, le=256, description="tasks the teacher's pass over missing rows is split into (a "
+                                                     "ParallelFor, each task on the GPU pool like the training "
+                                                     "steps; locally, parallel processes), then merged")
+
+    # How the teacher's work is organised, not what it computes: left out of the config hash.
+    NOT_DECIDING: ClassVar[tuple[str, ...]] = ("reuse", "logit_store", "shards")
+
+    @field_validator("logit_store")
+    @classmethod
+    def _no_password(cls, v: str) -> str:
+        return _no_password_in(v, "teacher.logit_store", "object-store credentials come from the environment "
+                                                         "(AWS_*, a Kubernetes Secret)")
 
 
 class StudentConfig(_Section):
@@ -226,6 +249,18 @@ class DistillationConfig(_Section):
     group_by_length: bool = Field(True, description="batch rows of similar length together (less padding, faster "
                                                     "epochs)")
     dataloader_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    processes: Literal["auto"] | int = Field(
+        "auto", description="training processes in a training step's pod (teacher fine-tuning and distillation run "
+                            "data parallel under torchrun, the Trainer's DDP; `batch_size` stays the global batch): "
+                            "`auto` is one per GPU the pod sees (`--gpus N`), 1 on CPU; a number > 1 on CPU uses "
+                            "the gloo backend. HPO trials train in one process")
+
+    @field_validator("processes")
+    @classmethod
+    def _positive(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError("must be `auto` or at least 1")
+        return v
     losses: list[LossTerm] | None = Field(
         None, description="the loss as a weighted sum of registered terms, e.g. `[{name: auto}, {name: hidden_mse, "
                           "weight: 1}]`; default: the logit loss alone (`loss`, `alpha`, `temperature`). A feature "
@@ -499,6 +534,8 @@ class Config(_Section):
         settings = self.to_dict()
         settings["tracking"].pop("tags")
         settings.pop("output_dir", None)  # where a local run writes its files
+        for key in TeacherConfig.NOT_DECIDING:
+            settings["teacher"].pop(key)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -553,6 +590,9 @@ def _resolve_paths(cfg: Config, base: Path, overridden: set[str]) -> None:
 
     if cfg.hpo.storage.startswith("journal:"):
         cfg.hpo.storage = "journal:" + str((Path.cwd() / cfg.hpo.storage.removeprefix("journal:")).resolve())
+    store = cfg.teacher.logit_store
+    if store != "mlflow" and "://" not in store:  # a folder: every step must reach the same one
+        cfg.teacher.logit_store = str((Path.cwd() / store).resolve())
     uri = cfg.tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # Every step (a separate process, maybe elsewhere) must reach the same file.

@@ -6,10 +6,13 @@ model again), and its decision thresholds (multi-label, tuned on validation)."""
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from kdpipe import parallel
 from kdpipe.artifacts import Prepared, Student, load_prepared, teacher_logits
 from kdpipe.config import Config
 from kdpipe.data import TRANSFER
@@ -30,6 +33,13 @@ def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_
     from kdpipe.trainer import DistillationTrainer, KDCollator, train, training_arguments
 
     d = cfg.distillation.with_params(params)
+    n = parallel.processes(cfg)
+    if n > 1 and parallel.world_size() == 1 and callbacks is None:  # this step's process: launch the ranks
+        parallel.check_batch(d.batch_size, n, "distillation.batch_size")
+        return parallel.run_parallel("kdpipe.distill:distill_student", n, cfg, keeper, data_dir=str(data_dir),
+                                     teacher_dir=str(teacher_dir), out_dir=str(out_dir), params=params,
+                                     logits_dir=str(logits_dir) if logits_dir is not None else None,
+                                     measure_latency=measure_latency)
     prep = load_prepared(data_dir)
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(prep.tokenizer_dir)
@@ -59,11 +69,34 @@ def distill_student(cfg: Config, data_dir: str | Path, teacher_dir: str, logits_
     # What decides this training (the teacher is decided by the config and the data): a re-run resumes only on it.
     run_key = f"{cfg.hash()}|{d.model_dump_json()}|{prep.info['fingerprints']['train']}|{prep.info['fingerprints'].get(TRANSFER)}"
     stats = train(trainer, out_dir / "checkpoints", run_key, keeper)
+    if not parallel.is_main():
+        return {}  # rank 0 ships the student
     student.set_attn_implementation(attention)  # the shipped model's latency and logits: as it will be served
     result = _ship(cfg, prep, student, tokenizer, out_dir, measure_latency)
     return {**result, "params": d.model_dump(), "teacher_mode": d.teacher_mode, "train_rows": len(train_ds),
             "epoch_history": [h for h in trainer.state.log_history if "eval_loss" in h],
             **stats}
+
+
+def distill_job(cfg, dataset: str, logits: str, teacher: str, output: str) -> dict:
+    """`kdpipe distill`: distillation as one rank of a job across nodes (a Kubeflow Trainer TrainJob runs it under
+    torchrun on every node; k8s/multinode). Its inputs are the pipeline's own artifacts by URL (preprocess's
+    `dataset`, evaluate-teacher's `teacher_logits`: folders in the pipeline root's object store), or local
+    folders; each node fetches them into its cache. Rank 0 uploads the student folder (with `result.json`)
+    to `output`, which distill-student's artifact layout is, so the gate and export can take it from there."""
+    from kdpipe.sources import fetch_folder, fetch_model, filesystem, is_url
+
+    local = {key: fetch_folder(url, key) if is_url(url) else url
+             for key, url in (("--dataset", dataset), ("--teacher-logits", logits))}
+    teacher_dir = fetch_model(teacher, "--teacher", cfg.tracking.uri)
+    with tempfile.TemporaryDirectory(prefix="kdpipe-student-") as out:
+        result = distill_student(cfg, local["--dataset"], teacher_dir, local["--teacher-logits"], out,
+                                 measure_latency=True)
+        if parallel.is_main():
+            Path(out, "result.json").write_text(json.dumps(result, default=str))
+            fs, path = filesystem(output, "--output")
+            fs.put(out.rstrip("/") + "/", path.rstrip("/"), recursive=True)
+    return result
 
 
 def training_rows(prep: Prepared, logits_dir: str | Path | None, transfer: bool):

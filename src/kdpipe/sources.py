@@ -43,7 +43,7 @@ def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _explain(e: BaseException) -> str:
+def explain(e: BaseException) -> str:
     """What went wrong with an object-store call, in the words of the fix."""
     text = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     if isinstance(e, FileNotFoundError):
@@ -57,14 +57,14 @@ def _explain(e: BaseException) -> str:
     return f"cannot reach it ({text}); check the URL, and AWS_ENDPOINT_URL for an S3-compatible store"
 
 
-def _filesystem(url: str, key: str, error=DataError):
+def filesystem(url: str, key: str, error=DataError):
     import fsspec
 
     try:
         # A fresh client: credentials and endpoint as the environment says now, not as when one was first made.
         return fsspec.core.url_to_fs(url, skip_instance_cache=True)
     except (ImportError, ValueError) as e:
-        raise error(f"{key} {url}: {_explain(e)}") from None
+        raise error(f"{key} {url}: {explain(e)}") from None
 
 
 def _atomic_fill(target: Path, fill) -> Path:
@@ -87,7 +87,7 @@ def _atomic_fill(target: Path, fill) -> Path:
 
 def fetch_file(url: str, key: str) -> str:
     """A local copy of the data file at url (cached by URL and the object's size and version)."""
-    fs, path = _filesystem(url, key)
+    fs, path = filesystem(url, key)
     try:
         info = fs.info(path)
         if info.get("type") == "directory":
@@ -99,7 +99,7 @@ def fetch_file(url: str, key: str) -> str:
     except KdpipeError:
         raise
     except Exception as e:  # noqa: BLE001 (every object-store failure becomes one line naming the key and URL)
-        raise DataError(f"{key} {url}: {_explain(e)}") from None
+        raise DataError(f"{key} {url}: {explain(e)}") from None
     return str(target / name)
 
 
@@ -131,11 +131,11 @@ def model_files(ref: str, key: str, tracking_uri: str):
             return files, read
     if not is_url(ref):
         return None
-    fs, path = _filesystem(ref, key, ModelError)
+    fs, path = filesystem(ref, key, ModelError)
     try:
         files = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
     except Exception as e:  # noqa: BLE001
-        raise ModelError(f"{key} {ref}: {_explain(e)}") from None
+        raise ModelError(f"{key} {ref}: {explain(e)}") from None
     return files, lambda name: fs.cat_file(f"{path.rstrip('/')}/{name}").decode()
 
 
@@ -146,7 +146,7 @@ def fetch_model(ref: str, key: str, tracking_uri: str) -> str:
     if ref.startswith(REGISTRY):
         return _fetch_registered(ref, key, tracking_uri)
     if is_url(ref):
-        return _fetch_folder(ref, key)
+        return fetch_folder(ref, key)
     return ref
 
 
@@ -164,8 +164,8 @@ def _module_path(ref: str, key: str) -> str:
                           f"(in the image, for a step in a container)") from None
 
 
-def _fetch_folder(url: str, key: str) -> str:
-    fs, path = _filesystem(url, key, ModelError)
+def fetch_folder(url: str, key: str) -> str:
+    fs, path = filesystem(url, key, ModelError)
     try:
         listing = fs.find(path, detail=True)
         if not listing:
@@ -176,7 +176,7 @@ def _fetch_folder(url: str, key: str) -> str:
     except KdpipeError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise ModelError(f"{key} {url}: {_explain(e)}") from None
+        raise ModelError(f"{key} {url}: {explain(e)}") from None
     return str(target)
 
 

@@ -50,27 +50,66 @@ def preprocess(ctx: StepContext, dataset_dir: str, force: bool = False) -> dict:
 
 
 @tracked_step()
-def prepare_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str) -> dict:
-    """Fine-tunes the teacher into teacher_dir only when it is not yet a classifier for these labels. The result's
-    `teacher_ref` is what later steps load: "" (the fine-tuned model in teacher_dir) or the configured teacher."""
+def prepare_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, force: bool = False) -> dict:
+    """The teacher later steps load, as the result's `teacher_ref`: "" (fine-tuned here, into teacher_dir), the
+    registered version of a teacher an earlier run fine-tuned with the same key (teacher.reuse auto, not
+    `force`), or the configured teacher when it is already a classifier for these labels."""
     from kdpipe.artifacts import load_prepared
     from kdpipe.teacher import finetune_teacher, teacher_needs_finetuning
+    from kdpipe.teacher_reuse import REUSED_TAG, adopt_teacher, record_teacher, teacher_key
 
-    needed, why = teacher_needs_finetuning(ctx.cfg, load_prepared(dataset_dir).schema)
+    cfg, prep = ctx.cfg, load_prepared(dataset_dir)
+    needed, why = teacher_needs_finetuning(cfg, prep.schema)
     Path(teacher_dir).mkdir(parents=True, exist_ok=True)  # the output artifact exists either way
-    result = {"finetuned": needed, "reason": why, "teacher_ref": "" if needed else ctx.cfg.teacher.model}
-    if needed:
-        trained = finetune_teacher(ctx.cfg, dataset_dir, teacher_dir, keeper=ctx.checkpoints())
-        result.update({"metrics": trained["metrics"], "train_runtime_s": trained["train_runtime_s"]})
-    return result
+    if not needed:
+        return {"finetuned": False, "reused": False, "reason": why, "teacher_ref": cfg.teacher.model}
+    key = teacher_key(cfg, prep)
+    ctx.set_tags({"kdpipe.teacher_key": key})
+    adopted = adopt_teacher(cfg, key) if cfg.teacher.reuse == "auto" and not force else None
+    if adopted:
+        ctx.set_tags({REUSED_TAG: adopted["run_id"]})
+        ctx.tag_parent({REUSED_TAG: adopted["run_id"], "kdpipe.teacher_version": adopted["version"]})
+        return {"finetuned": False, "reused": True, "teacher_ref": adopted["reference"], "teacher_key": key,
+                "teacher_version": adopted["version"], "reused_from_run": adopted["run_id"],
+                "reused_from_pipeline_run": adopted["pipeline_run"],
+                "reason": f"{why}; fine-tuned with the same key by pipeline run {adopted['pipeline_run']} "
+                          f"({adopted['reference']}), adopted"}
+    trained = finetune_teacher(cfg, dataset_dir, teacher_dir, keeper=ctx.checkpoints())
+    version = record_teacher(cfg, ctx.run_id, trained["model_dir"], key, trained["digest"], ctx.pipeline_run)
+    ctx.tag_parent({"kdpipe.teacher_version": version})
+    return {"finetuned": True, "reused": False, "reason": why, "teacher_ref": "", "teacher_key": key,
+            "teacher_version": version, "metrics": trained["metrics"], "train_runtime_s": trained["train_runtime_s"]}
 
 
 @tracked_step()
-def evaluate_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str,
-                          logits_dir: str) -> dict:
+def teacher_shard(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str, shard: int) -> dict:
+    """One task of the sharded teacher pass (teacher.shards > 1): computes its share of the rows the logit store
+    lacks and stores them; evaluate_teacher then finds them there."""
+    import os
+
+    from kdpipe.artifacts import load_prepared
+    from kdpipe.teacher import label_rows, load_teacher, teacher_source
+
+    cfg = ctx.cfg
+    model = load_teacher(cfg, teacher_source(cfg, teacher_dir, teacher_ref))
+    if next(model.parameters()).device.type == "cpu":  # shards side by side on one machine share its cores
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.teacher.shards))
+    _, counts = label_rows(cfg, load_prepared(dataset_dir), model, ctx.pipeline_run, shard, cfg.teacher.shards)
+    return {"shard": shard, "shards": cfg.teacher.shards, **counts}
+
+
+@tracked_step()
+def evaluate_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str, logits_dir: str) -> dict:
     from kdpipe.teacher import evaluate_teacher, teacher_source
 
-    return evaluate_teacher(ctx.cfg, dataset_dir, teacher_source(ctx.cfg, teacher_dir, teacher_ref), logits_dir)
+    result = evaluate_teacher(ctx.cfg, dataset_dir, teacher_source(ctx.cfg, teacher_dir, teacher_ref), logits_dir,
+                              ctx.pipeline_run)
+    counts = result["logits"]
+    ctx.tag_parent({"kdpipe.teacher_logits_reused": counts["rows_reused"],
+                    "kdpipe.teacher_logits_computed": counts["rows_computed"]})
+    return result
 
 
 @tracked_step(run=under_hpo_run)

@@ -24,9 +24,12 @@ def step_results(client, parent) -> dict:
                 result = json.loads(Path(client.download_artifacts(child.info.run_id, "result.json", tmp)).read_text())
             except Exception:  # noqa: BLE001 (a step that failed before finishing has no result)
                 result = {}
-            out[child.data.tags.get(ROLE_TAG)] = {**result, "_run_id": child.info.run_id,
-                                                  "_error": child.data.tags.get(ERROR_TAG),
-                                                  "_bad_input": child.data.tags.get(BAD_INPUT_TAG) == "true"}
+            role = child.data.tags.get(ROLE_TAG)
+            seen = sum(1 for name in out if name == role or name.startswith(f"{role}#"))
+            # A step run several times (the teacher's shards): teacher_shard, teacher_shard#1, ...
+            out[f"{role}#{seen}" if seen else role] = {**result, "_run_id": child.info.run_id,
+                                                       "_error": child.data.tags.get(ERROR_TAG),
+                                                       "_bad_input": child.data.tags.get(BAD_INPUT_TAG) == "true"}
     return out
 
 
@@ -44,6 +47,25 @@ def run_outcome(results: dict, failed: bool) -> str:
     if gate and not gate.get("passed"):
         return "gate_failed"
     return "error"
+
+
+def teacher_reuse(results: dict) -> dict:
+    """What the run took from earlier runs: the fine-tuned teacher (its version and the run that trained it) and
+    the teacher's logits (rows reused, rows computed, by how many shard tasks)."""
+    prepared, logits = results.get("prepare_teacher", {}), results.get("evaluate_teacher", {}).get("logits") or {}
+    shards = sum(1 for name in results if name.split("#")[0] == "teacher_shard")
+    return {"reused_from_run": prepared.get("reused_from_run"), "version": prepared.get("teacher_version"),
+            "logits": {"rows_reused": logits.get("rows_reused"), "rows_computed": logits.get("rows_computed"),
+                       "shards": max(shards, 1)} if logits else None}
+
+
+def reuse_text(reuse: dict) -> str:
+    """teacher_reuse in a few words (compare's column)."""
+    parts = [f"teacher v{reuse['version']}"] if reuse.get("reused_from_run") else []
+    logits = reuse.get("logits") or {}
+    if logits.get("rows_reused"):
+        parts.append(f"{logits['rows_reused']}/{logits['rows_reused'] + logits['rows_computed']} logit rows")
+    return ", ".join(parts) or "-"
 
 
 def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, failure: str | None) -> dict:
@@ -64,6 +86,11 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
     hpo = results.get("hpo_best", {})
     if hpo.get("search_seconds"):
         timings["hpo_search"] = hpo["search_seconds"]  # the workers ran side by side: the search's own wall time
+    shards = [r for name, r in results.items() if name.split("#")[0] == "teacher_shard"]
+    if shards:  # side by side: the pass's wall time is its slowest shard's
+        for name in [n for n in timings if n.split("#")[0] == "teacher_shard"]:
+            timings.pop(name)
+        timings["teacher_shards"] = max(r.get("step_seconds") or 0 for r in shards)
     step_total = sum(v for v in timings.values() if v)
     status = run_outcome(results, bool(errors or failure))
     return {
@@ -73,6 +100,7 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
         "teacher": {"metrics": results.get("evaluate_teacher", {}).get("metrics"),
                     "split": results.get("evaluate_teacher", {}).get("split"),
                     "finetuned": results.get("prepare_teacher", {}).get("finetuned"),
+                    **teacher_reuse(results),
                     "latency_ms_b1": results.get("evaluate_teacher", {}).get("latency_ms_b1")},
         "student": {"metrics": gate.get("metrics"), "split": gate.get("split"), "latency_ms_b1": gate.get("latency_ms_b1"),
                     "parameters": results.get("distill_student", {}).get("parameters")},
@@ -117,7 +145,16 @@ def print_summary(summary: dict, steps: bool = True) -> None:
         print(f"  {summary['unchanged']}")
         print(f"  MLflow parent run {summary['mlflow']['parent_run_id']} ({summary['mlflow']['tracking_uri']})")
         return
-    print(f"  teacher ({summary['teacher'].get('split') or '-'}): {fmt(summary['teacher']['metrics'])}")
+    teacher = summary["teacher"]
+    print(f"  teacher ({teacher.get('split') or '-'}): {fmt(teacher['metrics'])}")
+    if teacher.get("reused_from_run"):
+        print(f"    reused: registered teacher v{teacher['version']}, fine-tuned by run {teacher['reused_from_run']}")
+    elif teacher.get("finetuned"):
+        print(f"    fine-tuned, registered as teacher v{teacher['version']}")
+    if teacher.get("logits"):
+        n = teacher["logits"]
+        print(f"    logits: {n['rows_reused']} rows reused, {n['rows_computed']} computed"
+              + (f" ({n['shards']} shards)" if n["shards"] > 1 else ""))
     if summary.get("hpo"):
         h = summary["hpo"]
         done = ", ".join(f"{n} {state}" for state, n in h["trials"].items() if n)

@@ -1,20 +1,27 @@
-"""Teacher steps: fine-tune when it is not yet a classifier for these labels; evaluate; cache its logits once."""
+"""Teacher steps: fine-tune when it is not yet a classifier for these labels (once per key: kdpipe.teacher_reuse);
+label the rows with its logits (once per row and teacher: kdpipe.logit_store); evaluate it."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
-from kdpipe.artifacts import load_prepared, teacher_logits
+from kdpipe import parallel
+from kdpipe.artifacts import Prepared, load_prepared, teacher_logits
 from kdpipe.config import Config, LossTerm
 from kdpipe.data import TRANSFER
 from kdpipe.errors import DataError
+from kdpipe.logit_store import weights_digest
 from kdpipe.metrics import compute_metrics
 from kdpipe.modeling import (classifier_mismatch, count_parameters, load_classifier, load_tokenizer, predict_logits,
                              torch_latency_ms)
 from kdpipe.sources import fetch_model, local_model
+from kdpipe.teacher_reuse import teacher_key
+
+log = logging.getLogger("kdpipe.teacher")
 
 
 def teacher_needs_finetuning(cfg: Config, schema) -> tuple[bool, str]:
@@ -30,12 +37,18 @@ def teacher_needs_finetuning(cfg: Config, schema) -> tuple[bool, str]:
 
 
 def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, keeper=None) -> dict:
-    """Pipeline step: supervised fine-tuning of the teacher (the distillation trainer with alpha=1)."""
+    """Pipeline step: supervised fine-tuning of the teacher (the distillation trainer with alpha=1), data parallel
+    when the step has several training processes (kdpipe.parallel)."""
     from transformers import set_seed
 
     from kdpipe.losses import DistillationLoss
     from kdpipe.trainer import DistillationTrainer, KDCollator, train, training_arguments
 
+    n = parallel.processes(cfg)
+    if n > 1 and parallel.world_size() == 1:  # this step's process: launch the ranks
+        parallel.check_batch(cfg.teacher.batch_size, n, "teacher.batch_size")
+        return parallel.run_parallel("kdpipe.teacher:finetune_teacher", n, cfg, keeper, data_dir=str(data_dir),
+                                     out_dir=str(out_dir))
     prep = load_prepared(data_dir)
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(prep.tokenizer_dir)
@@ -52,15 +65,15 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, kee
     trainer = DistillationTrainer(model=model, args=args, train_dataset=prep.dataset["train"],
                                   eval_dataset=prep.dataset["validation"], data_collator=KDCollator(tokenizer),
                                   loss=hard_labels_only)
-    d = cfg.distillation  # its seed and precision settings train the teacher too
-    run_key = f"{cfg.teacher.model_dump_json()}|{source}|{d.seed}|{d.mixed_precision}|{prep.info['fingerprints']['train']}"
-    stats = train(trainer, out_dir / "checkpoints", run_key, keeper)
+    stats = train(trainer, out_dir / "checkpoints", teacher_key(cfg, prep), keeper)
+    if not parallel.is_main():
+        return {}  # rank 0 saves the teacher
     model.save_pretrained(str(out_dir / "model"), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir / "model"))
     logits = predict_logits(model, prep.dataset["validation"], tokenizer, cfg.distillation.eval_batch_size)
     metrics = compute_metrics(logits, np.asarray(prep.dataset["validation"]["labels"]), prep.schema,
                               cfg.metrics.threshold)
-    return {"model_dir": str(out_dir / "model"), "metrics": metrics, **stats}
+    return {"model_dir": str(out_dir / "model"), "metrics": metrics, "digest": weights_digest(model), **stats}
 
 
 def teacher_source(cfg: Config, teacher_dir: str | Path, teacher_ref: str) -> str:
@@ -69,38 +82,78 @@ def teacher_source(cfg: Config, teacher_dir: str | Path, teacher_ref: str) -> st
     return fetch_model(teacher_ref, "teacher.model", cfg.tracking.uri) if teacher_ref else str(Path(teacher_dir) / "model")
 
 
-def evaluate_teacher(cfg: Config, data_dir: str | Path, teacher_dir: str, out_dir: str | Path) -> dict:
-    """Pipeline step: teacher metrics + latency on the evaluation split (test when labelled, else validation),
-    its logits there (the student's agreement with it) and over train (distillation), computed once."""
+def load_teacher(cfg: Config, teacher_dir: str):
     import torch
 
+    model = load_classifier(teacher_dir, trust_remote_code=cfg.trust_remote_code, what="teacher")
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def labelled_splits(prep: Prepared) -> list[str]:
+    """The splits the teacher labels: the evaluation split and validation (its metrics; the student's agreement
+    with it), train and the transfer set (the soft targets)."""
+    return list(dict.fromkeys([prep.eval_split, "validation", "train"] + [TRANSFER] * (TRANSFER in prep.dataset)))
+
+
+def label_rows(cfg: Config, prep: Prepared, model, pipeline_run: str, shard: int | None = None,
+               shards: int = 1) -> tuple[dict | None, dict]:
+    """The teacher's logits on every labelled split, each row computed only when the store (kdpipe.logit_store)
+    does not hold it yet, and the new rows stored. With `shard`, only that shard's share of the missing rows is
+    computed and stored (a task of the sharded pass), and no logits are returned. Returns (logits by split,
+    counts: rows, rows_reused from earlier runs, rows_computed by this run, of them by its shard tasks)."""
+    from kdpipe.logit_store import LogitStore, row_keys, shard_of
+
+    tokenizer = load_tokenizer(prep.tokenizer_dir)
+    splits = labelled_splits(prep)
+    inputs = [k for k in tokenizer.model_input_names if k in prep.dataset["train"].column_names]
+    keys = [row_keys(prep.dataset[s], inputs) for s in splits]
+    unique, first, inverse = np.unique(np.concatenate(keys), axis=0, return_index=True, return_inverse=True)
+    store = LogitStore(cfg, weights_digest(model))
+    found = store.lookup(unique, prep.schema.num_labels, pipeline_run, only_own=cfg.teacher.reuse == "never")
+    todo = ~found.found if shard is None else ~found.found & (shard_of(unique, shards) == shard)
+    origin = np.concatenate([np.full(len(k), i) for i, k in enumerate(keys)])[first]  # a row of each key: split,
+    offset = np.concatenate([np.arange(len(k)) for k in keys])[first]                  # index in that split
+    logits = found.logits
+    started = time.perf_counter()
+    for i, split in enumerate(splits):
+        rows = np.flatnonzero(todo & (origin == i))
+        if len(rows):
+            logits[rows] = predict_logits(model, prep.dataset[split].select(offset[rows].tolist()), tokenizer,
+                                          cfg.distillation.eval_batch_size, f"teacher on {split}")
+    store.add(unique[todo], logits[todo], pipeline_run)
+    counts = {"rows": len(unique), "rows_reused": int((found.found & ~found.own).sum()),
+              "compute_seconds": time.perf_counter() - started, "teacher_digest": store.namespace}
+    if shard is not None:
+        return None, {**counts, "rows_computed": int(todo.sum())}
+    counts.update(rows_computed=int(todo.sum() + found.own.sum()), rows_computed_by_shards=int(found.own.sum()))
+    inverse = inverse.reshape(-1)
+    bounds = np.cumsum([0] + [len(k) for k in keys])
+    return {s: logits[inverse[bounds[i]:bounds[i + 1]]] for i, s in enumerate(splits)}, counts
+
+
+def evaluate_teacher(cfg: Config, data_dir: str | Path, teacher_dir: str, out_dir: str | Path,
+                     pipeline_run: str = "") -> dict:
+    """Pipeline step: the teacher's logits on every labelled split (label_rows: the stored ones reused, the
+    missing ones computed) into the teacher_logits artifact, its metrics and latency on the evaluation split
+    (test when labelled, else validation)."""
     prep = load_prepared(data_dir)
     out = teacher_logits(out_dir)
-    tokenizer = load_tokenizer(prep.tokenizer_dir)
-    model = load_classifier(teacher_dir, trust_remote_code=cfg.trust_remote_code, what="teacher")
-    if torch.cuda.is_available():
-        model.to("cuda")
-    bs, split = cfg.distillation.eval_batch_size, prep.eval_split
-    metrics = {}
-    for name in dict.fromkeys([split, "validation"]):
-        logits = predict_logits(model, prep.dataset[name], tokenizer, bs, f"teacher on {name}")
-        metrics[name] = compute_metrics(logits, np.asarray(prep.dataset[name]["labels"]), prep.schema,
-                                        cfg.metrics.threshold)
-        if name == split:
-            out.save(split, logits, prep.fingerprint(split), teacher_dir)
-    start, rows = time.perf_counter(), 0
-    for name in ["train"] + [TRANSFER] * (TRANSFER in prep.dataset):  # the transfer set is labelled here, once
-        logits = predict_logits(model, prep.dataset[name], tokenizer, bs, f"teacher on {name}")
-        out.save(name, logits, prep.fingerprint(name), teacher_dir)
-        rows += int(logits.shape[0])
-    logits_s = time.perf_counter() - start
-    result = {"metrics": metrics[split], "split": split}
+    model = load_teacher(cfg, teacher_dir)
+    logits, counts = label_rows(cfg, prep, model, pipeline_run)
+    for split, values in logits.items():
+        if split != "validation" or prep.eval_split == "validation":
+            out.save(split, values, prep.fingerprint(split), teacher_dir)
+    split = prep.eval_split
+    metrics = {name: compute_metrics(logits[name], np.asarray(prep.dataset[name]["labels"]), prep.schema,
+                                     cfg.metrics.threshold) for name in dict.fromkeys([split, "validation"])}
+    result = {"metrics": metrics[split], "split": split, "logits": counts}
     if split != "validation":
         result["metrics_validation"] = metrics["validation"]
+    log.info("kdpipe: teacher logits: %d rows reused, %d computed", counts["rows_reused"], counts["rows_computed"])
     return {
         **result,
         "latency_ms_b1": torch_latency_ms(model, 1, cfg.export.latency_seq_len, cfg.export.latency_runs),
         "parameters": count_parameters(model),
-        "logits_seconds": logits_s,
-        "logits_rows": rows,
+        "logits_seconds": counts["compute_seconds"],
+        "logits_rows": counts["rows_computed"],
     }

@@ -105,9 +105,11 @@ def _mlflow(cfg):
     return mlflow
 
 
-def experiment_id(cfg) -> str:
+def experiment_id(cfg, name: str | None = None) -> str:
+    """The id of the experiment `name` (default tracking.experiment), created if missing."""
     mlflow = _mlflow(cfg)
-    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    name = name or cfg.tracking.experiment
+    exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = None
@@ -115,9 +117,9 @@ def experiment_id(cfg) -> str:
         # Keep artifacts beside the SQLite file, not in whatever directory a step happens to run in.
         location = (Path(urlsplit(cfg.tracking.uri).path).parent / "mlartifacts").resolve().as_uri()
     try:
-        return mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
+        return mlflow.create_experiment(name, artifact_location=location)
     except Exception:  # created meanwhile by a parallel step
-        return mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+        return mlflow.get_experiment_by_name(name).experiment_id
 
 
 def code_version() -> str:

@@ -9,6 +9,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from kdpipe import parallel
 from kdpipe.errors import TrainingDiverged
 from kdpipe.losses import DistillationLoss
 from kdpipe.progress import training_callback
@@ -136,6 +137,11 @@ def training_arguments(out_dir: str | Path, *, epochs, learning_rate, batch_size
         dataloader_num_workers=dataloader_workers,
         **mixed_precision_flags(mixed_precision),
     )
+    world = parallel.world_size()
+    if world > 1:  # a rank of data-parallel training (kdpipe.parallel): batch_size is the global batch
+        settings["per_device_train_batch_size"] = parallel.check_batch(batch_size, world, "batch_size")
+        if not torch.cuda.is_available():  # accelerate runs DDP on CPU only when told the CPU is the device
+            settings.update(ddp_backend="gloo", use_cpu=True)
     return TrainingArguments(**{**settings, **extra})
 
 
@@ -146,21 +152,26 @@ def train(trainer: Trainer, checkpoint_dir: str | Path, run_key: str, keeper=Non
     back the one an earlier, killed attempt with the same run_key left there."""
     checkpoint_dir = Path(checkpoint_dir)
     key_file = checkpoint_dir / "run_key.txt"
-    if checkpoint_dir.is_dir() and (not key_file.is_file() or key_file.read_text() != run_key):
-        shutil.rmtree(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(run_key)
-    last, resumed_run = get_last_checkpoint(str(checkpoint_dir)), None
-    if keeper is not None:
-        if last is None:
+    resumed_run = None
+    if parallel.is_main():  # data parallel: rank 0 prepares the folder (one pod, one disk), the others wait
+        if checkpoint_dir.is_dir() and (not key_file.is_file() or key_file.read_text() != run_key):
+            shutil.rmtree(checkpoint_dir)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(run_key)
+        if keeper is not None and get_last_checkpoint(str(checkpoint_dir)) is None:
             resumed_run = keeper.restore(checkpoint_dir, run_key)
-            last = get_last_checkpoint(str(checkpoint_dir))
-        trainer.add_callback(keeper.callback())
-    trainer.add_callback(training_callback())
+        if keeper is not None:
+            trainer.add_callback(keeper.callback())
+        trainer.add_callback(training_callback())
+    parallel.barrier()
+    # Across nodes only rank 0's disk holds the folder (and `kdpipe distill` starts fresh): nothing to resume.
+    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
     # Checkpoints only serve an interrupted run; kept, they would bloat the step's output artifact.
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    if keeper is not None:
-        keeper.discard()
+    parallel.barrier()
+    if parallel.is_main():
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        if keeper is not None:
+            keeper.discard()
     return {"train_runtime_s": result.metrics.get("train_runtime"), "train_loss": result.training_loss,
             "resumed_from": last, "resumed_from_run": resumed_run}

@@ -151,6 +151,21 @@ def cmd_run(args) -> int:
     return exit_code(summary["status"])
 
 
+def cmd_distill(args) -> int:
+    """Distillation across nodes: each rank of a TrainJob (k8s/multinode) runs this under torchrun."""
+    from kdpipe.config import load_config
+    from kdpipe.distill import distill_job
+    from kdpipe.parallel import is_main
+    from kdpipe.sources import fetch_file, is_url
+
+    config = fetch_file(args.config, "config") if is_url(args.config) else args.config
+    result = distill_job(load_config(config, args.set), args.dataset, args.teacher_logits, args.teacher,
+                         args.output)
+    if is_main():
+        print(f"kdpipe distill: student {result['metrics']} -> {args.output}")
+    return EXIT_OK
+
+
 def _interrupted(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -287,6 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="stream the whole log (KFP's local runner and every "
                                                           "step's output) instead of a line per step")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("distill", help="distil one student from a pipeline run's artifacts (by URL): the entry point "
+                                       "of a TrainJob across nodes, run by torchrun on each (docs/operations.md)")
+    p.add_argument("config", help="YAML config, a path or a URL (s3://...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--dataset", required=True, help="preprocess's dataset artifact (URL or folder)")
+    p.add_argument("--teacher-logits", required=True, help="evaluate-teacher's teacher_logits artifact")
+    p.add_argument("--teacher", required=True, help="the teacher (models:/NAME/VERSION, a URL or a folder)")
+    p.add_argument("--output", required=True, help="where rank 0 writes the student folder (URL or folder)")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("compile", help="write the pipeline YAML for a Kubeflow cluster")
     p.add_argument("-o", "--output", default="kdpipe_pipeline.yaml")

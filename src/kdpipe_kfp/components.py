@@ -83,18 +83,33 @@ def preprocess(config_json: str, pipeline_run: str, dataset: Output[Dataset], me
 
 @step_component(trains=True, retries=2)
 def prepare_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset], teacher: Output[Model],
-                    metrics: Output[Metrics]):
-    """`teacher` holds the fine-tuned teacher, or (metadata teacher_ref) names the configured one, used as is."""
+                    metrics: Output[Metrics], force: bool = False):
+    """`teacher` holds the teacher fine-tuned here, or (metadata teacher_ref) names the one to use as is: the
+    configured teacher, or the registered version an earlier run fine-tuned with the same key."""
     from kdpipe_kfp.executor import run_step
 
-    result = run_step("prepare_teacher", config_json, pipeline_run, dataset.path, teacher.path, metrics=metrics)
-    teacher.metadata.update({"teacher_ref": result["teacher_ref"], "finetuned": result["finetuned"]})
+    result = run_step("prepare_teacher", config_json, pipeline_run, dataset.path, teacher.path, force,
+                      metrics=metrics)
+    teacher.metadata.update({"teacher_ref": result["teacher_ref"], "finetuned": result["finetuned"],
+                             "reused": result["reused"]})
+
+
+@step_component(trains=True, retries=2)
+def teacher_shard(config_json: str, pipeline_run: str, shard: int, dataset: Input[Dataset], teacher: Input[Model],
+                  metrics: Output[Metrics]):
+    """One task of the sharded teacher pass: its share of the missing rows' logits, into the logit store."""
+    from kdpipe_kfp.executor import run_step
+
+    run_step("teacher_shard", config_json, pipeline_run, dataset.path, teacher.path,
+             teacher.metadata.get("teacher_ref", ""), shard, metrics=metrics)
 
 
 @step_component(trains=True)
 def evaluate_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset], teacher: Input[Model],
                      teacher_logits: Output[Artifact],
                      metrics: Output[Metrics]) -> NamedTuple("TeacherEval", metrics_json=str):
+    """The teacher's logits on every row (stored ones reused, the shards' found in the store, the rest computed)
+    and its metrics."""
     import json
 
     from kdpipe_kfp.executor import run_step

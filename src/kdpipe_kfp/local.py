@@ -27,12 +27,18 @@ def hpo_workers(cfg: Config) -> list[int]:
     return list(range(cfg.hpo.workers)) if cfg.hpo.enabled else []
 
 
+def teacher_shards(cfg: Config) -> list[int]:
+    """The pipeline parameter teacher_shards: one ParallelFor item per shard task, none for a single shard
+    (evaluate-teacher computes the missing rows itself)."""
+    return list(range(cfg.teacher.shards)) if cfg.teacher.shards > 1 else []
+
+
 def pipeline_arguments(cfg: Config, distill_params: dict | None = None, encode=json.dumps, force: bool = False) -> dict:
     """The pipeline's parameters for a resolved config (the same for a local run and a cluster run). `force`:
     train even when config and data are those of the current champion."""
     return {"config_json": encode(cfg.to_dict()),
             "distill_params_json": encode(distill_params) if distill_params else "",
-            "hpo_workers": hpo_workers(cfg), "force": force}
+            "hpo_workers": hpo_workers(cfg), "force": force, "teacher_shards": teacher_shards(cfg)}
 
 
 def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None = None,

@@ -20,6 +20,7 @@ from kdpipe_kfp.components import (
     hpo_worker,
     prepare_teacher,
     preprocess,
+    teacher_shard,
     validate_tokenizers,
 )
 
@@ -89,7 +90,7 @@ def make_pipeline(placement: Placement = Placement(), secret: str = "kdpipe-mlfl
     @dsl.pipeline(name="kdpipe", description="Distil a fine-tuned transformer classifier into a small student, "
                                              "gate it, export verified ONNX and register it in MLflow.")
     def kdpipe(config_json: str, distill_params_json: str = "", hpo_workers: list = [],  # noqa: B006 (KFP default)
-               force: bool = False):
+               force: bool = False, teacher_shards: list = []):  # noqa: B006 (KFP default)
         step = StepCaller(config_json, placement, secret)
         finish = step(finish_tracking)
         with dsl.ExitHandler(finish, name="tracked-run"):
@@ -98,8 +99,13 @@ def make_pipeline(placement: Placement = Placement(), secret: str = "kdpipe-mlfl
             dataset = data.outputs["dataset"]
             # Nothing to train when config and data are the champion's (a nightly schedule on unchanged data).
             with dsl.If(data.outputs["Output"] == True, name="changed"):  # noqa: E712 (a KFP condition)
-                teacher = {"teacher": step(prepare_teacher, dataset=dataset).outputs["teacher"]}
-                teval = step(evaluate_teacher, dataset=dataset, **teacher)
+                teacher = {"teacher": step(prepare_teacher, dataset=dataset, force=force).outputs["teacher"]}
+                # The teacher's pass over the rows the logit store lacks: one task per item of teacher_shards
+                # (kdpipe run sets [0..teacher.shards-1]; [] = one shard, done by evaluate-teacher itself), each
+                # on the GPU pool; evaluate-teacher then finds their rows in the store.
+                with dsl.ParallelFor(teacher_shards, name="teacher-shards") as shard:
+                    shards = step(teacher_shard, shard=shard, dataset=dataset, **teacher)
+                teval = step(evaluate_teacher, dataset=dataset, **teacher).after(shards)
                 logits = teval.outputs["teacher_logits"]
                 # HPO: one worker task per item of hpo_workers (kdpipe run sets [0..hpo.workers-1]; [] = off), all on
                 # one Optuna study; then the best trial's params go to the final distillation.

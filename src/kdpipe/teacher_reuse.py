@@ -1,0 +1,90 @@
+"""A teacher that kdpipe fine-tunes is fine-tuned once: recorded in the MLflow Model Registry under a key of
+everything that decides it, and adopted by any later run with the same key.
+
+The record is a version of the registered model `teacher.registered_model` (default `<tracking.registered_model>-
+teacher`): the step's run holds the model folder (save_pretrained, safetensors) as its artifact `teacher/`, the
+version points at it and carries the key and the weights' digest as tags. A user can also name that version as
+`teacher.model: models:/NAME/VERSION`; it is then a classifier for the labels and is used as it is."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from kdpipe.artifacts import Prepared
+from kdpipe.config import Config
+
+log = logging.getLogger("kdpipe.teacher")
+
+KEY_TAG, DIGEST_TAG, RUN_TAG = "kdpipe.teacher_key", "kdpipe.teacher_digest", "kdpipe.pipeline_run"
+REUSED_TAG = "kdpipe.teacher_reused_from"  # on the step's and the pipeline's run: the run that fine-tuned it
+ARTIFACT = "teacher"
+
+
+def teacher_key(cfg: Config, prep: Prepared) -> str:
+    """Everything that decides the fine-tuned teacher: the source model and revision, the fine-tuning settings,
+    the seed, precision and number of data-parallel processes it trains with, the data (train and validation
+    fingerprints: the tokenized rows and their labels), the label schema and max_length. Not the student's
+    settings: changing those keeps the key."""
+    from kdpipe.parallel import processes
+
+    t, d = cfg.teacher, cfg.distillation
+    decides = {"model": t.model, "revision": t.revision, "epochs": t.epochs, "learning_rate": t.learning_rate,
+               "batch_size": t.batch_size, "seed": d.seed, "mixed_precision": d.mixed_precision,
+               "group_by_length": d.group_by_length,
+               "processes": processes(cfg), "data": [prep.fingerprint("train"), prep.fingerprint("validation")],
+               "schema": prep.info["schema"], "max_length": prep.info["max_length"]}
+    return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def registered_name(cfg: Config) -> str:
+    return cfg.teacher.registered_model or f"{cfg.tracking.registered_model}-teacher"
+
+
+def record_teacher(cfg: Config, run_id: str, model_dir: str, key: str, digest: str, pipeline_run: str) -> str:
+    """Log the fine-tuned teacher to the step's run and register it as a new version (the model's files are
+    uploaded before the version exists: no version points at a half-uploaded folder). Returns the version."""
+    from kdpipe.tracking import mlflow_client
+
+    client, name = mlflow_client(cfg), registered_name(cfg)
+    client.log_artifacts(run_id, model_dir, ARTIFACT)
+    try:
+        client.create_registered_model(name, description="Teachers fine-tuned by kdpipe, one version per key "
+                                                         "(tag kdpipe.teacher_key); later runs with the key adopt them")
+    except Exception:  # noqa: BLE001 (it exists: created by an earlier run)
+        pass
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT}"
+    version = client.create_model_version(name, source=source, run_id=run_id,
+                                          tags={KEY_TAG: key, DIGEST_TAG: digest, RUN_TAG: pipeline_run},
+                                          description=f"fine-tuned by pipeline run {pipeline_run}")
+    return str(version.version)
+
+
+def adopt_teacher(cfg: Config, key: str) -> dict | None:
+    """The newest recorded teacher with this key, under any registered model name (a run registering its
+    student elsewhere still finds it), that loads and whose weights match their recorded digest, as
+    {version, run_id, pipeline_run, reference, digest}; None when there is none. A recorded teacher that was
+    deleted or damaged is passed over, with one line saying so."""
+    from kdpipe.logit_store import weights_digest
+    from kdpipe.modeling import load_classifier
+    from kdpipe.sources import fetch_model
+    from kdpipe.tracking import mlflow_client
+
+    client = mlflow_client(cfg)
+    versions = client.search_model_versions(f"tags.`{KEY_TAG}` = '{key}'")
+    for v in sorted(versions, key=lambda v: -v.creation_timestamp):
+        reference = f"models:/{v.name}/{v.version}"
+        try:
+            digest = weights_digest(load_classifier(fetch_model(reference, "teacher", cfg.tracking.uri),
+                                                    trust_remote_code=cfg.trust_remote_code, what=reference))
+            if digest != v.tags.get(DIGEST_TAG):
+                raise ValueError(f"its weights changed since it was recorded (digest {digest}, recorded "
+                                 f"{v.tags.get(DIGEST_TAG)})")
+        except Exception as e:  # noqa: BLE001 (deleted, damaged, unreadable: fine-tune again)
+            log.warning("kdpipe: recorded teacher %s (key %s) cannot be used: %s; not adopted", reference, key,
+                        str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+            continue
+        return {"version": str(v.version), "run_id": v.run_id, "pipeline_run": v.tags.get(RUN_TAG),
+                "reference": reference, "digest": digest}
+    return None
