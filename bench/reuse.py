@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHARED, Timer, save  # noqa: E402
 
 KDPIPE = str(ROOT / ".venv" / "bin" / "kdpipe")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def write_config(work: Path, teacher_epochs: float) -> Path:
@@ -87,14 +89,15 @@ SHARD_WORKER = """
 import sys, json, time, torch
 from kdpipe.artifacts import load_prepared
 from kdpipe.config import config_from_json
-from kdpipe.teacher import label_rows, load_teacher
+from kdpipe.sources import fetch_model
+from kdpipe.teacher import TeacherModel, label_rows
 cfg = config_from_json(open(sys.argv[1]).read())
 shard, shards = int(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(int(sys.argv[5]))
-model = load_teacher(cfg, sys.argv[2])
+teacher = TeacherModel(cfg, fetch_model(sys.argv[2], "teacher", cfg.tracking.uri))
 prep = load_prepared(sys.argv[6])
 start = time.perf_counter()
-_, counts = label_rows(cfg, prep, model, "bench", shard if shards > 1 else None, shards)
+_, counts = label_rows(cfg, prep, teacher, "bench", shard if shards > 1 else None, shards)
 print(json.dumps({**counts, "seconds": time.perf_counter() - start}))
 """
 
@@ -107,6 +110,7 @@ def sharded_pass(config: Path, teacher: str, prepared: Path, store: Path, shards
 
     cfg = load_config(config, [f"teacher.logit_store={store}", f"teacher.model={teacher}",
                                f"teacher.shards={shards}"])
+    store.mkdir(parents=True, exist_ok=True)
     spec = store.parent / f"config-{shards}.json"
     spec.write_text(json.dumps(cfg.to_dict()))
     with Timer() as t:
@@ -194,8 +198,6 @@ def main() -> None:
     }
 
     # Shards: the same pass over run 3's rows into empty stores, as 1 task, then as 2 side by side.
-    import os
-
     cores = os.cpu_count() or 1
     one = sharded_pass(config, teacher_ref, prepared_of(s3), work / "store-1" / "logits", 1, cores)
     two = sharded_pass(config, teacher_ref, prepared_of(s3), work / "store-2" / "logits", 2, max(1, cores // 2))

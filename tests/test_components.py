@@ -117,7 +117,8 @@ def test_a_teacher_that_is_already_a_classifier_passes_through_as_metadata(store
     common = {"config_json": config, "pipeline_run": RUN + "-classifier"}
     s.run(preprocess, **common)
     s.run(prepare_teacher, {"dataset": (Dataset, "preprocess.dataset")}, **common)
-    assert s.metadata["prepare-teacher.teacher"] == {"teacher_ref": classifier, "finetuned": False, "reused": False}
+    assert s.metadata["prepare-teacher.teacher"] == {"teacher_ref": classifier, "finetuned": False, "reused": False,
+                                                    "teacher_digest": ""}
     assert not any((s.root / "store/prepare-teacher.teacher").iterdir())  # nothing copied: the reference travels
     metrics = json.loads(s.run(evaluate_teacher, {"dataset": (Dataset, "preprocess.dataset"),
                                                   "teacher": (Model, "prepare-teacher.teacher")},

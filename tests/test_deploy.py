@@ -119,7 +119,8 @@ def test_the_multinode_trainjob_runs_kdpipe_distill_on_every_node(tmp_path):
     assert job["metadata"]["namespace"] == "kdpipe" and job["spec"]["runtimeRef"]["name"] == "torch-distributed"
     trainer = job["spec"]["trainer"]
     assert set(trainer) <= {"image", "command", "args", "env", "numNodes", "numProcPerNode", "resourcesPerNode"}
-    assert trainer["numNodes"] >= 2 and trainer["image"].endswith("-cuda")
+    assert isinstance(trainer["numNodes"], int) and trainer["numNodes"] >= 2 and trainer["image"].endswith("-cuda")
+    assert isinstance(trainer.get("numProcPerNode", 0), int)  # an int32 in the CRD (default: one per GPU)
     assert trainer["command"][:3] == ["torchrun", "-m", "kdpipe_kfp.cli"]
     args = build_parser().parse_args(trainer["command"][3:] + trainer["args"])
     assert args.func.__name__ == "cmd_distill" and args.teacher.startswith("models:/")

@@ -8,8 +8,7 @@ import pytest
 
 from kdpipe.artifacts import load_prepared
 from kdpipe.data import preprocess
-from kdpipe.modeling import load_classifier
-from kdpipe.teacher import label_rows
+from kdpipe.teacher import TeacherModel, label_rows
 from tests.conftest import SHARED_DATA, make_tiny_bert
 
 
@@ -36,7 +35,7 @@ def full_pass(setup, tmp_path_factory):
     """Every row computed, in a store of its own: the reference."""
     cfg, _, teacher, prep = setup
     cfg = store_at(cfg, tmp_path_factory.mktemp("reference-store"))
-    logits, counts = label_rows(cfg, prep, load_classifier(teacher), "reference")
+    logits, counts = label_rows(cfg, prep, TeacherModel(cfg, teacher), "reference")
     assert counts["rows_computed"] == counts["rows"] == 520 and counts["rows_reused"] == 0
     return logits
 
@@ -46,14 +45,16 @@ def test_shards_then_merge_equal_a_full_pass_and_a_second_run_computes_nothing(s
     cfg, _, teacher, prep = setup
     cfg = store_at(cfg, tmp_path / "store")
     cfg.teacher.shards = shards
-    model = load_classifier(teacher)
+    model = TeacherModel(cfg, teacher)
     done = [label_rows(cfg, prep, model, "run-1", shard, shards)[1]["rows_computed"] for shard in range(shards)]
     assert sum(done) == 520 and (shards == 1 or all(0 < n < 520 for n in done))  # the rows split among shards
     merged, counts = label_rows(cfg, prep, model, "run-1")
     assert counts["rows_computed_by_shards"] == counts["rows_computed"] == 520 and counts["rows_reused"] == 0
     assert_same_logits(merged, full_pass)
-    again, counts = label_rows(cfg, prep, model, "run-2")  # another run: everything found, nothing computed
-    assert counts["rows_reused"] == 520 and counts["rows_computed"] == 0
+    # Another run, knowing the teacher's recorded digest: everything found, nothing computed, no model loaded.
+    known = TeacherModel(cfg, teacher, model.digest())
+    again, counts = label_rows(cfg, prep, known, "run-2")
+    assert counts["rows_reused"] == 520 and counts["rows_computed"] == 0 and not known.loaded
     assert_same_logits(again, full_pass)
 
 
@@ -62,7 +63,7 @@ def test_new_rows_only_are_computed_and_another_teacher_never_mixes_in(setup, fu
     """Training data grown by 40 rows: exactly the new rows are computed."""
     cfg, root, teacher, prep = setup
     cfg = store_at(cfg, tmp_path / "store")
-    label_rows(cfg, prep, load_classifier(teacher), "run-1")
+    label_rows(cfg, prep, TeacherModel(cfg, teacher), "run-1")
     grown = tmp_path / "grown.tsv"
     lines = open(sst2_small[0]).read().splitlines()
     more = (SHARED_DATA / "sst2/train.tsv").read_text().splitlines()[3001:3041]
@@ -71,14 +72,14 @@ def test_new_rows_only_are_computed_and_another_teacher_never_mixes_in(setup, fu
     cfg_grown.data.train = str(grown)
     preprocess(cfg_grown, tmp_path / "prep-grown")
     prep_grown = load_prepared(tmp_path / "prep-grown")
-    logits, counts = label_rows(cfg_grown, prep_grown, load_classifier(teacher), "run-2")
+    logits, counts = label_rows(cfg_grown, prep_grown, TeacherModel(cfg, teacher), "run-2")
     seen = {tuple(ids) for split in ("train", "validation") for ids in prep.dataset[split]["input_ids"]}
     new_rows = len({tuple(ids) for ids in prep_grown.dataset["train"]["input_ids"]} - seen)
     assert counts["rows_computed"] == new_rows and 0 < new_rows <= 40 and counts["rows_reused"] == 520
     assert_same_logits({"validation": logits["validation"]}, {"validation": full_pass["validation"]})
     # Another teacher (other weights): nothing of the first is reused.
     other = make_tiny_bert(tmp_path / "other", bert_tokenizer, layers=2, num_labels=2, seed=4, dropout=0.0)
-    _, counts = label_rows(cfg, prep, load_classifier(other), "run-3")
+    _, counts = label_rows(cfg, prep, TeacherModel(cfg, other), "run-3")
     assert counts["rows_reused"] == 0 and counts["rows_computed"] == 520
 
 
@@ -87,7 +88,7 @@ def test_a_damaged_shard_is_skipped_with_one_line_and_its_rows_computed_again(se
     cfg, _, teacher, prep = setup
     monkeypatch.setenv("KDPIPE_CACHE", str(tmp_path / "cache"))
     cfg = store_at(cfg, tmp_path / "store")
-    model = load_classifier(teacher)
+    model = TeacherModel(cfg, teacher)
     for shard in range(2):
         label_rows(cfg, prep, model, "run-1", shard, 2)
     files = sorted((tmp_path / "store").glob("*/*.safetensors"))
@@ -109,7 +110,7 @@ def test_a_damaged_shard_is_skipped_with_one_line_and_its_rows_computed_again(se
 def test_reuse_never_computes_every_row(setup, tmp_path):
     cfg, _, teacher, prep = setup
     cfg = store_at(cfg, tmp_path / "store")
-    model = load_classifier(teacher)
+    model = TeacherModel(cfg, teacher)
     label_rows(cfg, prep, model, "run-1")
     cfg.teacher.reuse = "never"
     _, counts = label_rows(cfg, prep, model, "run-2")
@@ -124,7 +125,7 @@ def test_the_logit_store_in_mlflow(setup, full_pass, tmp_path):
     cfg = cfg.model_copy(deep=True)
     cfg.teacher.logit_store = "mlflow"
     cfg.tracking.uri = f"sqlite:///{tmp_path}/mlflow.db"
-    model = load_classifier(teacher)
+    model = TeacherModel(cfg, teacher)
     label_rows(cfg, prep, model, "run-1", 0, 2)
     label_rows(cfg, prep, model, "run-1", 1, 2)
     logits, counts = label_rows(cfg, prep, model, "run-2")

@@ -43,15 +43,20 @@ def weights_digest(model) -> str:
 
 
 def row_keys(dataset, inputs: list[str]) -> np.ndarray:
-    """[n, 16] uint8: each row's key, a hash of the model inputs the teacher is given (named columns, in order)."""
+    """[n, 16] uint8: each row's key, a hash of the model inputs the teacher is given (named columns, in order),
+    read from the Arrow columns without making Python lists of them."""
     inputs = sorted(inputs)
-    columns = [dataset[c] for c in inputs]
-    keys = np.empty((len(dataset), KEY_BYTES), dtype=np.uint8)
-    for i, row in enumerate(zip(*columns)):
+    table = dataset.with_format("arrow")[:]
+    columns = []
+    for name in inputs:
+        column = table.column(name).combine_chunks()
+        columns.append((name.encode(), column.offsets.to_numpy(), column.values.to_numpy().astype(np.int32)))
+    keys = np.empty((len(table), KEY_BYTES), dtype=np.uint8)
+    for i in range(len(table)):
         h = hashlib.blake2b(digest_size=KEY_BYTES)
-        for name, values in zip(inputs, row):
-            h.update(name.encode())
-            h.update(np.asarray(values, dtype=np.int32).tobytes())
+        for name, offsets, values in columns:
+            h.update(name)
+            h.update(values[offsets[i]:offsets[i + 1]].tobytes())
         keys[i] = np.frombuffer(h.digest(), dtype=np.uint8)
     return keys
 

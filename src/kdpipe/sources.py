@@ -191,7 +191,7 @@ def _parse_registered(ref: str, key: str) -> tuple[str, str | None, str | None]:
     return name, version, None
 
 
-def _registered_version(ref: str, key: str, tracking_uri: str):
+def registered_version(ref: str, key: str, tracking_uri: str):
     from kdpipe.tracking import open_store
 
     from mlflow.tracking import MlflowClient
@@ -209,7 +209,7 @@ def _registered_version(ref: str, key: str, tracking_uri: str):
 
 
 def _registry_source(ref: str, key: str, tracking_uri: str) -> str:
-    client, found = _registered_version(ref, key, tracking_uri)
+    client, found = registered_version(ref, key, tracking_uri)
     return client.get_model_version_download_uri(found.name, found.version)
 
 
@@ -218,7 +218,7 @@ def _fetch_registered(ref: str, key: str, tracking_uri: str) -> str:
     fetches the new version). The model folder is the one holding config.json."""
     import mlflow
 
-    client, found = _registered_version(ref, key, tracking_uri)
+    client, found = registered_version(ref, key, tracking_uri)
     target = cache_root() / "registry" / _digest(tracking_uri, found.name, found.version)
     try:
         _atomic_fill(target, lambda folder: mlflow.artifacts.download_artifacts(

@@ -56,13 +56,14 @@ def prepare_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, force:
     `force`), or the configured teacher when it is already a classifier for these labels."""
     from kdpipe.artifacts import load_prepared
     from kdpipe.teacher import finetune_teacher, teacher_needs_finetuning
-    from kdpipe.teacher_reuse import REUSED_TAG, adopt_teacher, record_teacher, teacher_key
+    from kdpipe.teacher_reuse import REUSED_TAG, adopt_teacher, record_teacher, recorded_digest, teacher_key
 
     cfg, prep = ctx.cfg, load_prepared(dataset_dir)
     needed, why = teacher_needs_finetuning(cfg, prep.schema)
     Path(teacher_dir).mkdir(parents=True, exist_ok=True)  # the output artifact exists either way
-    if not needed:
-        return {"finetuned": False, "reused": False, "reason": why, "teacher_ref": cfg.teacher.model}
+    if not needed:  # `teacher_digest`: its weights' digest when kdpipe recorded it (else computed when loaded)
+        return {"finetuned": False, "reused": False, "reason": why, "teacher_ref": cfg.teacher.model,
+                "teacher_digest": recorded_digest(cfg, cfg.teacher.model)}
     key = teacher_key(cfg, prep)
     ctx.set_tags({"kdpipe.teacher_key": key})
     adopted = adopt_teacher(cfg, key) if cfg.teacher.reuse == "auto" and not force else None
@@ -70,6 +71,7 @@ def prepare_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, force:
         ctx.set_tags({REUSED_TAG: adopted["run_id"]})
         ctx.tag_parent({REUSED_TAG: adopted["run_id"], "kdpipe.teacher_version": adopted["version"]})
         return {"finetuned": False, "reused": True, "teacher_ref": adopted["reference"], "teacher_key": key,
+                "teacher_digest": adopted["digest"],
                 "teacher_version": adopted["version"], "reused_from_run": adopted["run_id"],
                 "reused_from_pipeline_run": adopted["pipeline_run"],
                 "reason": f"{why}; fine-tuned with the same key by pipeline run {adopted['pipeline_run']} "
@@ -78,34 +80,35 @@ def prepare_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, force:
     version = record_teacher(cfg, ctx.run_id, trained["model_dir"], key, trained["digest"], ctx.pipeline_run)
     ctx.tag_parent({"kdpipe.teacher_version": version})
     return {"finetuned": True, "reused": False, "reason": why, "teacher_ref": "", "teacher_key": key,
+            "teacher_digest": trained["digest"],
             "teacher_version": version, "metrics": trained["metrics"], "train_runtime_s": trained["train_runtime_s"]}
 
 
 @tracked_step()
-def teacher_shard(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str, shard: int) -> dict:
+def teacher_shard(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str, shard: int,
+                  digest: str = "") -> dict:
     """One task of the sharded teacher pass (teacher.shards > 1): computes its share of the rows the logit store
-    lacks and stores them; evaluate_teacher then finds them there."""
+    lacks and stores them; evaluate_teacher then finds them there. `digest`: the teacher's recorded weights
+    digest (prepare_teacher's), so that a shard with nothing to compute loads no model."""
     import os
 
     from kdpipe.artifacts import load_prepared
-    from kdpipe.teacher import label_rows, load_teacher, teacher_source
+    from kdpipe.teacher import TeacherModel, label_rows, teacher_source
 
     cfg = ctx.cfg
-    model = load_teacher(cfg, teacher_source(cfg, teacher_dir, teacher_ref))
-    if next(model.parameters()).device.type == "cpu":  # shards side by side on one machine share its cores
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.teacher.shards))
-    _, counts = label_rows(cfg, load_prepared(dataset_dir), model, ctx.pipeline_run, shard, cfg.teacher.shards)
+    teacher = TeacherModel(cfg, teacher_source(cfg, teacher_dir, teacher_ref), digest)
+    _, counts = label_rows(cfg, load_prepared(dataset_dir), teacher, ctx.pipeline_run, shard, cfg.teacher.shards,
+                           threads=max(1, (os.cpu_count() or 1) // cfg.teacher.shards))
     return {"shard": shard, "shards": cfg.teacher.shards, **counts}
 
 
 @tracked_step()
-def evaluate_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str, logits_dir: str) -> dict:
+def evaluate_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, teacher_ref: str, logits_dir: str,
+                     digest: str = "") -> dict:
     from kdpipe.teacher import evaluate_teacher, teacher_source
 
     result = evaluate_teacher(ctx.cfg, dataset_dir, teacher_source(ctx.cfg, teacher_dir, teacher_ref), logits_dir,
-                              ctx.pipeline_run)
+                              ctx.pipeline_run, digest)
     counts = result["logits"]
     ctx.tag_parent({"kdpipe.teacher_logits_reused": counts["rows_reused"],
                     "kdpipe.teacher_logits_computed": counts["rows_computed"]})

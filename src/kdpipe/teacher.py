@@ -89,18 +89,41 @@ def load_teacher(cfg: Config, teacher_dir: str):
     return model.to("cuda") if torch.cuda.is_available() else model
 
 
+class TeacherModel:
+    """The teacher a step labels rows with, loaded only when it must be: to compute a row the logit store lacks,
+    or to know its weights' digest when none was recorded with it (kdpipe.teacher_reuse)."""
+
+    def __init__(self, cfg: Config, path: str, digest: str = ""):
+        self.cfg, self.path, self.recorded_digest = cfg, path, digest
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = load_teacher(self.cfg, self.path)
+        return self._model
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def digest(self) -> str:
+        return self.recorded_digest or weights_digest(self.model)
+
+
 def labelled_splits(prep: Prepared) -> list[str]:
     """The splits the teacher labels: the evaluation split and validation (its metrics; the student's agreement
     with it), train and the transfer set (the soft targets)."""
     return list(dict.fromkeys([prep.eval_split, "validation", "train"] + [TRANSFER] * (TRANSFER in prep.dataset)))
 
 
-def label_rows(cfg: Config, prep: Prepared, model, pipeline_run: str, shard: int | None = None,
-               shards: int = 1) -> tuple[dict | None, dict]:
+def label_rows(cfg: Config, prep: Prepared, teacher: TeacherModel, pipeline_run: str, shard: int | None = None,
+               shards: int = 1, threads: int | None = None) -> tuple[dict | None, dict]:
     """The teacher's logits on every labelled split, each row computed only when the store (kdpipe.logit_store)
     does not hold it yet, and the new rows stored. With `shard`, only that shard's share of the missing rows is
-    computed and stored (a task of the sharded pass), and no logits are returned. Returns (logits by split,
-    counts: rows, rows_reused from earlier runs, rows_computed by this run, of them by its shard tasks)."""
+    computed and stored (a task of the sharded pass), and no logits are returned; `threads` caps a CPU teacher's
+    threads (shards side by side on one machine share its cores). Returns (logits by split, counts: rows,
+    rows_reused from earlier runs, rows_computed by this run, of them by its shard tasks)."""
     from kdpipe.logit_store import LogitStore, row_keys, shard_of
 
     tokenizer = load_tokenizer(prep.tokenizer_dir)
@@ -108,21 +131,29 @@ def label_rows(cfg: Config, prep: Prepared, model, pipeline_run: str, shard: int
     inputs = [k for k in tokenizer.model_input_names if k in prep.dataset["train"].column_names]
     keys = [row_keys(prep.dataset[s], inputs) for s in splits]
     unique, first, inverse = np.unique(np.concatenate(keys), axis=0, return_index=True, return_inverse=True)
-    store = LogitStore(cfg, weights_digest(model))
+    store = LogitStore(cfg, teacher.digest())
     found = store.lookup(unique, prep.schema.num_labels, pipeline_run, only_own=cfg.teacher.reuse == "never")
     todo = ~found.found if shard is None else ~found.found & (shard_of(unique, shards) == shard)
     origin = np.concatenate([np.full(len(k), i) for i, k in enumerate(keys)])[first]  # a row of each key: split,
     offset = np.concatenate([np.arange(len(k)) for k in keys])[first]                  # index in that split
     logits = found.logits
+    loading = time.perf_counter()
+    if todo.any():  # the teacher is loaded only now, when a row needs it; its load is timed apart from the pass
+        model = teacher.model
+        if threads and next(model.parameters()).device.type == "cpu":
+            import torch
+
+            torch.set_num_threads(threads)
     started = time.perf_counter()
     for i, split in enumerate(splits):
         rows = np.flatnonzero(todo & (origin == i))
         if len(rows):
-            logits[rows] = predict_logits(model, prep.dataset[split].select(offset[rows].tolist()), tokenizer,
+            logits[rows] = predict_logits(teacher.model, prep.dataset[split].select(offset[rows].tolist()), tokenizer,
                                           cfg.distillation.eval_batch_size, f"teacher on {split}")
     store.add(unique[todo], logits[todo], pipeline_run)
     counts = {"rows": len(unique), "rows_reused": int((found.found & ~found.own).sum()),
-              "compute_seconds": time.perf_counter() - started, "teacher_digest": store.namespace}
+              "compute_seconds": time.perf_counter() - started, "load_seconds": started - loading,
+              "teacher_digest": store.namespace}
     if shard is not None:
         return None, {**counts, "rows_computed": int(todo.sum())}
     counts.update(rows_computed=int(todo.sum() + found.own.sum()), rows_computed_by_shards=int(found.own.sum()))
@@ -132,28 +163,27 @@ def label_rows(cfg: Config, prep: Prepared, model, pipeline_run: str, shard: int
 
 
 def evaluate_teacher(cfg: Config, data_dir: str | Path, teacher_dir: str, out_dir: str | Path,
-                     pipeline_run: str = "") -> dict:
+                     pipeline_run: str = "", digest: str = "") -> dict:
     """Pipeline step: the teacher's logits on every labelled split (label_rows: the stored ones reused, the
-    missing ones computed) into the teacher_logits artifact, its metrics and latency on the evaluation split
-    (test when labelled, else validation)."""
+    missing ones computed) into the teacher_logits artifact, its metrics on the evaluation split (test when
+    labelled, else validation). Its latency and size are measured when it was loaded (with `digest`, the
+    weights' recorded digest, a run that finds every row stored loads no teacher at all)."""
     prep = load_prepared(data_dir)
     out = teacher_logits(out_dir)
-    model = load_teacher(cfg, teacher_dir)
-    logits, counts = label_rows(cfg, prep, model, pipeline_run)
+    teacher = TeacherModel(cfg, teacher_dir, digest)
+    logits, counts = label_rows(cfg, prep, teacher, pipeline_run)
     for split, values in logits.items():
         if split != "validation" or prep.eval_split == "validation":
             out.save(split, values, prep.fingerprint(split), teacher_dir)
     split = prep.eval_split
     metrics = {name: compute_metrics(logits[name], np.asarray(prep.dataset[name]["labels"]), prep.schema,
                                      cfg.metrics.threshold) for name in dict.fromkeys([split, "validation"])}
-    result = {"metrics": metrics[split], "split": split, "logits": counts}
+    result = {"metrics": metrics[split], "split": split, "logits": counts, "teacher_loaded": teacher.loaded}
     if split != "validation":
         result["metrics_validation"] = metrics["validation"]
     log.info("kdpipe: teacher logits: %d rows reused, %d computed", counts["rows_reused"], counts["rows_computed"])
-    return {
-        **result,
-        "latency_ms_b1": torch_latency_ms(model, 1, cfg.export.latency_seq_len, cfg.export.latency_runs),
-        "parameters": count_parameters(model),
-        "logits_seconds": counts["compute_seconds"],
-        "logits_rows": counts["rows_computed"],
-    }
+    if teacher.loaded:
+        result.update(latency_ms_b1=torch_latency_ms(teacher.model, 1, cfg.export.latency_seq_len,
+                                                     cfg.export.latency_runs),
+                      parameters=count_parameters(teacher.model))
+    return {**result, "logits_seconds": counts["compute_seconds"], "logits_rows": counts["rows_computed"]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 from kdpipe.artifacts import Prepared
 from kdpipe.config import Config
@@ -18,6 +19,7 @@ from kdpipe.config import Config
 log = logging.getLogger("kdpipe.teacher")
 
 KEY_TAG, DIGEST_TAG, RUN_TAG = "kdpipe.teacher_key", "kdpipe.teacher_digest", "kdpipe.pipeline_run"
+FILES_TAG = "kdpipe.teacher_files"  # a hash of the recorded folder's files: checked before a version is used
 REUSED_TAG = "kdpipe.teacher_reused_from"  # on the step's and the pipeline's run: the run that fine-tuned it
 ARTIFACT = "teacher"
 
@@ -42,6 +44,17 @@ def registered_name(cfg: Config) -> str:
     return cfg.teacher.registered_model or f"{cfg.tracking.registered_model}-teacher"
 
 
+def files_digest(folder: str | Path) -> str:
+    """A hash of every file in a model folder (names and bytes): what was recorded is what is used."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode() + b"|")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:32]
+
+
 def record_teacher(cfg: Config, run_id: str, model_dir: str, key: str, digest: str, pipeline_run: str) -> str:
     """Log the fine-tuned teacher to the step's run and register it as a new version (the model's files are
     uploaded before the version exists: no version points at a half-uploaded folder). Returns the version."""
@@ -56,35 +69,52 @@ def record_teacher(cfg: Config, run_id: str, model_dir: str, key: str, digest: s
         pass
     source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT}"
     version = client.create_model_version(name, source=source, run_id=run_id,
-                                          tags={KEY_TAG: key, DIGEST_TAG: digest, RUN_TAG: pipeline_run},
+                                          tags={KEY_TAG: key, DIGEST_TAG: digest, RUN_TAG: pipeline_run,
+                                                FILES_TAG: files_digest(model_dir)},
                                           description=f"fine-tuned by pipeline run {pipeline_run}")
     return str(version.version)
 
 
 def adopt_teacher(cfg: Config, key: str) -> dict | None:
     """The newest recorded teacher with this key, under any registered model name (a run registering its
-    student elsewhere still finds it), that loads and whose weights match their recorded digest, as
-    {version, run_id, pipeline_run, reference, digest}; None when there is none. A recorded teacher that was
-    deleted or damaged is passed over, with one line saying so."""
-    from kdpipe.logit_store import weights_digest
-    from kdpipe.modeling import load_classifier
-    from kdpipe.sources import fetch_model
+    student elsewhere still finds it), whose files are those recorded, as {version, run_id, pipeline_run,
+    reference, digest}; None when there is none. A recorded teacher that was deleted or damaged is passed over,
+    with one line saying so. Nothing is loaded: the files' hash stands for the weights, and the weights' digest
+    (the logit store's key) was recorded with them."""
     from kdpipe.tracking import mlflow_client
 
-    client = mlflow_client(cfg)
-    versions = client.search_model_versions(f"tags.`{KEY_TAG}` = '{key}'")
+    versions = mlflow_client(cfg).search_model_versions(f"tags.`{KEY_TAG}` = '{key}'")
     for v in sorted(versions, key=lambda v: -v.creation_timestamp):
         reference = f"models:/{v.name}/{v.version}"
-        try:
-            digest = weights_digest(load_classifier(fetch_model(reference, "teacher", cfg.tracking.uri),
-                                                    trust_remote_code=cfg.trust_remote_code, what=reference))
-            if digest != v.tags.get(DIGEST_TAG):
-                raise ValueError(f"its weights changed since it was recorded (digest {digest}, recorded "
-                                 f"{v.tags.get(DIGEST_TAG)})")
-        except Exception as e:  # noqa: BLE001 (deleted, damaged, unreadable: fine-tune again)
-            log.warning("kdpipe: recorded teacher %s (key %s) cannot be used: %s; not adopted", reference, key,
-                        str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
-            continue
-        return {"version": str(v.version), "run_id": v.run_id, "pipeline_run": v.tags.get(RUN_TAG),
-                "reference": reference, "digest": digest}
+        digest = _verified_digest(cfg, reference, v.tags)
+        if digest:
+            return {"version": str(v.version), "run_id": v.run_id, "pipeline_run": v.tags.get(RUN_TAG),
+                    "reference": reference, "digest": digest}
     return None
+
+
+def recorded_digest(cfg: Config, reference: str) -> str:
+    """The weights' digest of a teacher given as a registered version kdpipe recorded (models:/NAME/VERSION or
+    @ALIAS), checked against its files; "" for any other teacher (its digest is computed from the loaded model)."""
+    from kdpipe.sources import REGISTRY, registered_version
+
+    if not reference.startswith(REGISTRY):
+        return ""
+    _, version = registered_version(reference, "teacher.model", cfg.tracking.uri)
+    return _verified_digest(cfg, reference, version.tags) if DIGEST_TAG in version.tags else ""
+
+
+def _verified_digest(cfg: Config, reference: str, tags: dict) -> str:
+    from kdpipe.sources import fetch_model
+
+    try:
+        folder = fetch_model(reference, "teacher", cfg.tracking.uri)
+        found = files_digest(folder)
+        if found != tags.get(FILES_TAG):
+            raise ValueError(f"its files changed since it was recorded (hash {found}, recorded "
+                             f"{tags.get(FILES_TAG)})")
+    except Exception as e:  # noqa: BLE001 (deleted, damaged, unreadable: fine-tune again)
+        log.warning("kdpipe: recorded teacher %s cannot be used: %s; not adopted", reference,
+                    str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+        return ""
+    return tags.get(DIGEST_TAG, "")

@@ -91,7 +91,7 @@ def prepare_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset]
     result = run_step("prepare_teacher", config_json, pipeline_run, dataset.path, teacher.path, force,
                       metrics=metrics)
     teacher.metadata.update({"teacher_ref": result["teacher_ref"], "finetuned": result["finetuned"],
-                             "reused": result["reused"]})
+                             "reused": result["reused"], "teacher_digest": result["teacher_digest"]})
 
 
 @step_component(trains=True, retries=2)
@@ -101,7 +101,8 @@ def teacher_shard(config_json: str, pipeline_run: str, shard: int, dataset: Inpu
     from kdpipe_kfp.executor import run_step
 
     run_step("teacher_shard", config_json, pipeline_run, dataset.path, teacher.path,
-             teacher.metadata.get("teacher_ref", ""), shard, metrics=metrics)
+             teacher.metadata.get("teacher_ref", ""), shard, teacher.metadata.get("teacher_digest", ""),
+             metrics=metrics)
 
 
 @step_component(trains=True)
@@ -115,7 +116,8 @@ def evaluate_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset
     from kdpipe_kfp.executor import run_step
 
     result = run_step("evaluate_teacher", config_json, pipeline_run, dataset.path, teacher.path,
-                      teacher.metadata.get("teacher_ref", ""), teacher_logits.path, metrics=metrics)
+                      teacher.metadata.get("teacher_ref", ""), teacher_logits.path,
+                      teacher.metadata.get("teacher_digest", ""), metrics=metrics)
     return (json.dumps(result["metrics"]),)
 
 
