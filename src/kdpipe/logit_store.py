@@ -156,8 +156,6 @@ class LogitStore:
 
     def _read(self, name: str, where: str):
         """(keys, logits, pipeline run) of one shard file, or None (with one line) when it cannot be trusted."""
-        from safetensors.numpy import load
-
         cached = self.cache / name
         try:
             if not cached.is_file():
@@ -169,10 +167,8 @@ class LogitStore:
                 raise ValueError("its content does not match its name (damaged or cut short)")
             from safetensors import safe_open
 
-            tensors = load(data)
             with safe_open(str(cached), framework="np") as f:
-                meta = f.metadata() or {}
-            keys, logits = tensors["keys"], tensors["logits"]
+                meta, keys, logits = f.metadata() or {}, f.get_tensor("keys"), f.get_tensor("logits")
             if meta.get("teacher") != self.namespace or keys.shape != (logits.shape[0], KEY_BYTES):
                 raise ValueError(f"it holds logits of teacher {meta.get('teacher')} or of a wrong shape")
             return keys, logits, meta.get("pipeline_run", "")
