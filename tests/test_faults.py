@@ -198,3 +198,62 @@ def test_the_tracking_server_dying_mid_run_ends_the_run_in_one_line_with_a_summa
         assert not MlflowClient(uri).search_registered_models()
     finally:
         kill_group(server)
+
+
+def a_server_failing_all_but_health():
+    """An HTTP server that answers /health and fails every other request with 500 (a tracking server whose
+    database is gone)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def reply(self):
+            ok = self.path.startswith("/health")
+            self.send_response(200 if ok else 500)
+            self.end_headers()
+            self.wfile.write(b"OK" if ok else b"Internal Server Error")
+
+        do_GET = do_POST = reply
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("store", ["corrupt_sqlite", "server_failing_but_health"])
+def test_a_broken_store_stops_the_run_in_one_line_with_this_runs_summary(faults, tmp_path, store):
+    """A SQLite store cut short by 8 KB, or a server that answers /health and 500 everywhere else: one line naming
+    tracking.uri and what is wrong, exit 1, and the output folder's summary.json is this run's (status error),
+    not the previous run's "promoted"."""
+    server = None
+    if store == "corrupt_sqlite":
+        db = tmp_path / "mlflow.db"
+        client = MlflowClient(f"sqlite:///{db}")
+        for i in range(30):
+            client.create_run(client.create_experiment(f"e{i}")).info.run_id
+        with open(db, "r+b") as f:
+            f.truncate(db.stat().st_size - 8192)
+        uri, why = f"sqlite:///{db}", "cannot be read: the database is damaged"
+    else:
+        server = a_server_failing_all_but_health()
+        uri, why = f"http://127.0.0.1:{server.server_address[1]}", "answers with server errors"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"status": "promoted"}))  # the previous run's
+    started = time.monotonic()
+    try:
+        run = subprocess.run([*KDPIPE, "run", str(faults / "config.yaml"), "--set", f"tracking.uri={uri}",
+                              "--output-dir", str(out)], capture_output=True, text=True, timeout=300)
+    finally:
+        if server:
+            server.shutdown()
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"kdpipe: the MLflow store at tracking.uri={uri} {why}"), lines
+    assert "the pipeline did not start" in lines[0] and str(out / "summary.json") in lines[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "error" and summary["errors"][0].startswith(f"the MLflow store at tracking.uri={uri}")

@@ -140,6 +140,7 @@ def test_the_console_draws_bars_on_an_unsized_terminal_too():
     import fcntl
     import io
     import os
+    import select
     import struct
     import termios
 
@@ -156,7 +157,13 @@ def test_the_console_draws_bars_on_an_unsized_terminal_too():
         console.write("kdpipe: step preprocess done in 1.5 s\n")
         console.detach()
         terminal.flush()
-        shown = os.read(master, 65536).decode()
+        shown = b""
+        while select.select([master], [], [], 0.5)[0]:  # one read may return only part of what was written
+            chunk = os.read(master, 65536)
+            if not chunk:
+                break
+            shown += chunk
+        shown = shown.decode()
     os.close(master)
     assert "preprocess: training:  50%|" in shown and re.search(r"✓ preprocess +1.5 s", shown), shown
 
@@ -402,6 +409,136 @@ def test_compare_three_runs_then_promote_and_rollback(tiny_run, first_champion, 
     assert len(err.splitlines()) == 1
 
 
+def test_versions_a_killed_run_left_undecided_are_settled_by_the_next_run(tiny_run, first_champion,
+                                                                                     capsys):
+    """A kill right after the version row was created (no gate tag, no alias), and a kill inside the registry lock
+    after the challenger alias was set: the next run's registration (as `kdpipe promote` and `rollback` do) marks
+    both abandoned, with the reason and how to serve them anyway, and takes the challenger alias off; decided
+    versions and the champion are left as they were."""
+    from pathlib import Path
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from kdpipe.config import load_config
+    from kdpipe.gate import GateDecision
+    from kdpipe.registry import register_onnx
+
+    uri = f"sqlite:///{tiny_run}/mlflow.db"
+    client = MlflowClient(uri)
+    champion = str(client.get_model_version_by_alias("passing", "champion").version)
+    source = client.get_model_version("passing", champion)
+    experiment = client.get_run(source.run_id).info.experiment_id
+    before = {v.version: v.tags.get("kdpipe.decision") for v in client.search_model_versions("name = 'passing'")}
+
+    def killed_registration(tags: dict) -> tuple[str, str]:
+        run = client.create_run(experiment, tags={"kdpipe.role": "export_register"}).info.run_id
+        version = str(client.create_model_version("passing", source.source, run_id=run).version)
+        for key, value in tags.items():
+            client.set_model_version_tag("passing", version, key, value)
+        return run, version
+
+    (run_a, bare), (run_b, in_lock) = killed_registration({}), killed_registration({"kdpipe.gate": "passed"})
+    client.set_registered_model_alias("passing", "challenger", in_lock)
+    for run in (run_a, run_b):
+        client.set_terminated(run, "KILLED")
+    # The next run registers its model (the first champion's export again; the gate keeps the champion).
+    cfg = load_config(tiny_run / "config.yaml", CHAMPION_RUN[1::2])
+    gate = GateDecision(passed=True, metric="accuracy", value=0.5, champion_version=champion,
+                        champion={"reason": f"challenger 0.5 vs champion v{champion}: stays challenger"})
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=experiment):
+        registered = register_onnx(cfg, Path(first_champion[1]["onnx"]["path"]).parent, gate, ["a fine film"],
+                                   lambda current: (False, "not reached"))
+    assert registered["aliases"] == ["challenger"] and not registered["champion"]["promoted"]
+    for version, run, force in ((bare, run_a, " --force"), (in_lock, run_b, "")):
+        found = client.get_model_version("passing", version)
+        assert found.tags["kdpipe.decision"] == "abandoned" and not found.aliases
+        assert found.tags["kdpipe.decision_reason"].startswith(f"its run ({run}) ended KILLED before deciding")
+        assert found.description.startswith("kdpipe: abandoned:")
+        assert f"`kdpipe promote passing {version}{force}` serves it" in found.description
+    assert str(client.get_model_version_by_alias("passing", "champion").version) == champion
+    assert {v: client.get_model_version("passing", v).tags.get("kdpipe.decision") for v in before} == before
+    new = client.get_model_version("passing", registered["version"])
+    assert new.tags["kdpipe.decision"] == "challenger" and new.aliases == ["challenger"]
+    assert new.tags["kdpipe.decision_reason"] == gate.champion["reason"]
+    # kdpipe promote and rollback settle the same way, and say so; here nothing is left to settle.
+    capsys.readouterr()
+    assert main(["promote", "passing", champion, "--tracking-uri", uri]) == 0
+    assert "left undecided" not in capsys.readouterr().out
+
+
+def test_mlflow_itself_compares_the_pipeline_runs(tiny_run, first_champion, unchanged_rerun, new_data_run):
+    """MLflow's own runs table and search work across pipeline runs: each pipeline run carries its outcome, its
+    headline figures (docs/operations.md names them), its registered version and the splits it read as dataset
+    inputs; its note is the summary; the registered version's logged model holds the gate's figures; the HPO run
+    holds its best trial's figures."""
+    import math
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tiny_run}/mlflow.db"
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    summaries = {s["mlflow"]["parent_run_id"]: s for s in (first_champion[1], unchanged_rerun[1], new_data_run[1])}
+    table = mlflow.search_runs(experiment_names=["pipeline-test"], filter_string="tags.`kdpipe.role` = 'pipeline'")
+    table = table.set_index("run_id")
+    assert set(summaries) <= set(table.index)
+    metric = first_champion[1]["gate"]["metric"]
+    for run_id, s in summaries.items():
+        row = table.loc[run_id]
+        assert row["tags.kdpipe.outcome"] == s["status"]
+        assert row["tags.mlflow.note.content"].startswith(f"**kdpipe run {s['pipeline_run']}: {s['status']}**")
+        if s["status"] == "unchanged":
+            assert math.isnan(row[f"metrics.student.{metric}"]) and s["unchanged"] in row["tags.mlflow.note.content"]
+            continue
+        student, teacher = s["student"]["metrics"][metric], s["teacher"]["metrics"][metric]
+        assert row[f"metrics.student.{metric}"] == pytest.approx(student)
+        assert row["metrics.retention"] == pytest.approx(student / teacher)
+        assert row["metrics.fidelity.teacher_agreement"] == pytest.approx(s["gate"]["fidelity"]["teacher_agreement"])
+        onnx = s["onnx"]
+        assert row["metrics.shipped.latency_ms_b1"] == pytest.approx(onnx["latency_ms"]["fp32_b1"])
+        assert row["metrics.shipped.latency_ms_b32"] == pytest.approx(onnx["latency_ms"]["fp32_b32"])
+        assert row["metrics.shipped.size_mb"] > 0 and row["tags.kdpipe.served_variant"] == "fp32"
+        assert row["metrics.int8.label_flip_rate"] == pytest.approx(onnx["int8_label_flip_rate"])
+        assert row["tags.kdpipe.registered_version"] == s["registry"]["version"]
+        assert row["tags.kdpipe.aliases"] == ",".join(s["registry"]["aliases"])
+        assert row["tags.kdpipe.eval_split"] == s["gate"]["split"]
+        assert row["metrics.teacher.logit_rows_computed"] == s["teacher"]["logits"]["rows_computed"]
+        # The splits it read, as MLflow datasets: digest = kdpipe's fingerprint, rows in the profile.
+        inputs = {d.tags[0].value: d.dataset for d in client.get_run(run_id).inputs.dataset_inputs}
+        assert inputs["train"].digest == row["tags.kdpipe.data_fingerprint"]
+        assert json.loads(inputs["train"].profile)["num_rows"] > 0 and inputs["train"].name == "train.tsv"
+        assert s["gate"]["split"] in inputs
+        gate_step = client.search_runs([table.loc[run_id, "experiment_id"]], f"tags.mlflow.parentRunId = '{run_id}' "
+                                       "and tags.`kdpipe.role` = 'evaluate_gate'")[0]
+        assert [d.dataset.digest for d in gate_step.inputs.dataset_inputs] == [inputs[s["gate"]["split"]].digest]
+        # The registered version's logged model carries the gate's figures, tied to the split they are on.
+        version = client.get_model_version(s["registry"]["registered_model"], s["registry"]["version"])
+        model_id = version.model_id or version.source.removeprefix("models:/")  # (the SQLite store leaves it empty)
+        logged = {m.key: m for m in client.get_logged_model(model_id).metrics}
+        assert logged[metric].value == pytest.approx(student)
+        assert logged[metric].dataset_digest == inputs[s["gate"]["split"]].digest
+    new = new_data_run[1]
+    champion = new["gate"]["champion"]
+    assert table.loc[new["mlflow"]["parent_run_id"], f"metrics.champion.{metric}"] == \
+        pytest.approx(champion["champion_value"])
+    # A search a user would write: promoted runs whose student reaches the first champion's figure.
+    floor = first_champion[1]["student"]["metrics"][metric]
+    found = mlflow.search_runs(experiment_names=["pipeline-test"],
+                               filter_string=f"metrics.`student.{metric}` >= {floor} and tags.`kdpipe.outcome` = "
+                                             "'promoted'")
+    expected = {i for i, s in summaries.items() if s["status"] == "promoted" and s["student"]["metrics"]
+                and s["student"]["metrics"][metric] >= floor}
+    assert first_champion[1]["mlflow"]["parent_run_id"] in expected
+    assert set(found["run_id"]) & set(summaries) == expected
+    # The HPO run: its best trial's figures.
+    _, children = parent_and_children(tiny_run, new["mlflow"]["parent_run_id"])
+    hpo = children["hpo_best"].data.metrics
+    assert hpo[f"best_metrics.{new['hpo']['metric']}"] == pytest.approx(new["hpo"]["best_value"])
+
+
 def test_gate_fails_nothing_exported_or_registered_and_the_run_reports_itself(tiny_run, first_champion, capsys):
     """A gate that says no: exit 3, nothing exported or registered. The same run checks that `kdpipe run` reports
     itself when another run's folder appears mid-run (it used to take the newest folder under the output folder
@@ -432,6 +569,11 @@ def test_gate_fails_nothing_exported_or_registered_and_the_run_reports_itself(ti
     assert registered_versions(tiny_run, "failing") == []
     parent, children = parent_and_children(tiny_run, summary["mlflow"]["parent_run_id"])
     assert parent.info.status == "FINISHED" and "export_register" not in children
+    # MLflow's runs table says how it ended, with the figures it has (nothing shipped).
+    assert parent.data.tags["kdpipe.outcome"] == "gate_failed" and parent.data.tags["kdpipe.gate_passed"] == "false"
+    assert parent.data.metrics[f"student.{summary['gate']['metric']}"] > 0
+    assert not any(k.startswith("shipped.") for k in parent.data.metrics)
+    assert "gate.min_metric 0.99" in parent.data.tags["mlflow.note.content"]
     folders = list((out / "pipeline-root").iterdir())
     assert max(folders, key=lambda p: p.stat().st_mtime) == intruder and summary["pipeline_run"] != intruder.name
     assert parent.data.tags["kdpipe.pipeline_run"] == summary["pipeline_run"]
@@ -488,6 +630,7 @@ def test_bad_data_in_the_pipeline_fails_at_preprocess_with_the_core_message(tiny
     assert summary["gate"] is None  # not "FAILED": the gate never ran
     parent, children = parent_and_children(tiny_run, summary["mlflow"]["parent_run_id"])
     assert parent.info.status == "FAILED" and "DataError" in parent.data.tags["kdpipe.error"]
+    assert parent.data.tags["kdpipe.outcome"] == "bad_input" and "row 2" in parent.data.tags["mlflow.note.content"]
     assert children["preprocess"].info.status == "FAILED" and "prepare_teacher" not in children
     assert registered_versions(tiny_run, "bad-data") == []
 

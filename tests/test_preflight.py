@@ -103,6 +103,13 @@ def test_unreachable_optuna_database(config, capsys, monkeypatch):
     assert "s3cret" not in err  # the password from the environment never reaches the output
 
 
+def test_a_max_length_the_teacher_cannot_read(config, models, capsys):
+    """Tokens beyond the teacher's positions: an index error inside the model, in every retry, before."""
+    err = refused(config, capsys, "data.max_length=300")
+    assert err.endswith(f"data.max_length 300: the teacher {models[1]!r} reads at most 256 tokens "
+                   f"(max_position_embeddings); set data.max_length to 256 or less")
+
+
 def test_the_first_step_refuses_a_bad_model_and_is_never_retried(config, models):
     """On a cluster there is no pre-flight: validate-tokenizers (no retry policy) refuses before any training."""
     from kdpipe.config import load_config

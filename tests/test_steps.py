@@ -147,6 +147,40 @@ def test_distill_resumes_after_interruption(setup, monkeypatch):
     assert distill_student(cfg, root / "prep", teacher, root / "teval", root / "student")["resumed_from"] is None
 
 
+def test_a_checkpoint_cut_short_by_a_full_disk_is_never_resumed_from(setup, monkeypatch, caplog):
+    """The disk fills while the second epoch's checkpoint is saved (its folder gets the model, not the optimizer
+    nor the trainer state). The retry resumes from the first epoch's complete checkpoint and says the cut one was
+    removed: it used to fail on it every time ("Can't find a valid checkpoint at .../checkpoint-26")."""
+    import errno
+    import logging
+
+    from kdpipe.distill import distill_student
+
+    cfg, root, teacher, _ = setup
+    evaluate_teacher(cfg, root / "prep", teacher, root / "teval")
+    cfg = cfg.model_copy(deep=True)
+    cfg.distillation.epochs, cfg.distillation.alpha = 2, 0.7
+    original = DistillationTrainer._save_optimizer_and_scheduler
+
+    def disk_full_in_second_save(self, output_dir):
+        if self.state.global_step == 26:
+            raise OSError(errno.ENOSPC, "No space left on device", f"{output_dir}/optimizer.pt")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(DistillationTrainer, "_save_optimizer_and_scheduler", disk_full_in_second_save)
+    with pytest.raises(OSError, match="No space left on device"):
+        distill_student(cfg, root / "prep", teacher, root / "teval", root / "full-disk")
+    cut = root / "full-disk" / "checkpoints" / "checkpoint-26"
+    assert (cut / "model.safetensors").is_file() and not (cut / "trainer_state.json").exists()
+    monkeypatch.setattr(DistillationTrainer, "_save_optimizer_and_scheduler", original)
+    with caplog.at_level(logging.WARNING, logger="kdpipe.trainer"):
+        result = distill_student(cfg, root / "prep", teacher, root / "teval", root / "full-disk")
+    assert result["resumed_from"].endswith("checkpoint-13")
+    assert [r.getMessage() for r in caplog.records if "cut short" in r.getMessage()] == [
+        f"kdpipe: checkpoint {cut} was cut short while it was saved (no kdpipe_checkpoint_complete): removed, "
+        f"not resumed from"]
+
+
 @pytest.fixture(scope="module")
 def student_artifact(setup):
     """A student artifact as distill-student leaves it (model/ + its validation logits), from the tiny classifier."""

@@ -57,7 +57,8 @@ while len(list(barrier.iterdir())) < n:  # all registered: now they move the ali
 # Re-judging a champion that moved meanwhile re-scores it on this run's rows; these stand-in models have only
 # their numbers, so the stand-in compares those (what is tested here is the compare-and-set under the lock).
 def rejudge(current):  # None: no champion any more
-    return current is None or value > client.get_run(client.get_model_version("m", current).run_id).data.metrics["gate_metric_value"]
+    better = current is None or value > client.get_run(client.get_model_version("m", current).run_id).data.metrics["gate_metric_value"]
+    return better, f"stand-in: {value} {'beats' if better else 'does not beat'} v{current}"
 print(version, take_champion_if_better(cfg, version, gate, rejudge))
 """
 
@@ -83,6 +84,18 @@ def test_racing_gates_leave_the_better_model_champion(tmp_path):
     champion = client.get_model_version_by_alias("m", "champion")
     assert client.get_run(champion.run_id).data.metrics["gate_metric_value"] == max(values), outs
     assert not client.search_registered_models("name = 'm.kdpipe-lock'"), "the lock was not released"
+    # Each version's decision is tagged with the reason that decided it: a re-judged one, the re-judging's.
+    import ast
+
+    for out, _ in outs:
+        version, decision = out.strip().split(" ", 1)
+        decision, tags = ast.literal_eval(decision), client.get_model_version("m", version).tags
+        assert tags["kdpipe.decision"] == ("champion" if decision["promoted"] else "challenger")
+        assert tags["kdpipe.decision_reason"] == decision["reason"]
+        if decision["decided_again"]:
+            assert decision["reason"].startswith("stand-in: ") and (" beats " in decision["reason"]) == decision["promoted"]
+        if decision["promoted"]:
+            assert tags["kdpipe.champion_reason"] == f"kdpipe run: {decision['reason']}"
 
 
 def test_every_error_kind_has_one_retry_decision_one_status_and_one_exit_code(tmp_path):
@@ -121,3 +134,36 @@ def test_every_error_kind_has_one_retry_decision_one_status_and_one_exit_code(tm
         results = step_results(mlflow_client(cfg), find_parent(cfg, run))
         status = run_outcome(results, failed=True)
         assert (status, errors.exit_code(status)) == (("bad_input", 2) if bad else ("error", 1)), kind
+
+
+def test_a_step_attempt_that_failed_then_succeeded_on_retry_does_not_fail_the_run(tmp_path):
+    """KFP's retry of a step opens a new MLflow run; the failed attempt keeps its error. The run's outcome is
+    that of its steps' last attempts (the pipeline did not fail), and the summary lists the failed attempt
+    apart, naming its first cause."""
+    import errno
+
+    import pytest
+
+    from kdpipe.config import load_config
+    from kdpipe.step import tracked_step
+    from kdpipe.summary import build_summary
+
+    cfg = load_config(raw={"teacher": {"model": "org/teacher"}, "student": {"layers": [0]},
+                           "data": {"dataset": "x", "train": "train", "validation": "validation"},
+                           "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "retried"}})
+
+    @tracked_step()
+    def evaluate_gate(ctx, disk_full: bool):
+        if disk_full:
+            raise OSError(errno.ENOSPC, "No space left on device", "/out/checkpoints/checkpoint-26/optimizer.pt")
+        return {"passed": False, "reasons": ["gate.min_metric 0.99"]}
+
+    with pytest.raises(OSError):
+        evaluate_gate(cfg, "run-1", True)
+    evaluate_gate(cfg, "run-1", False)
+    summary = build_summary(cfg, "run-1", 1.0, tmp_path, None)
+    assert summary["status"] == "gate_failed" and summary["errors"] == []
+    assert summary["retried"] == ["evaluate_gate: OSError: [Errno 28] No space left on device: "
+                                  "'/out/checkpoints/checkpoint-26/optimizer.pt'"]
+    failed = build_summary(cfg, "run-1", 1.0, tmp_path, "the pipeline failed")  # KFP says the run failed
+    assert failed["status"] == "error" and failed["errors"] == summary["retried"] and failed["retried"] == []

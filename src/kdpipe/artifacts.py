@@ -47,14 +47,18 @@ class Prepared:
         return "test" if test is not None and "labels" in test.column_names else "validation"
 
 
+def prepared_info(path: str | Path) -> dict:
+    """A prepared dataset's data_info.json alone (schema, each split's fingerprint and size), without its rows."""
+    info_file = Path(path) / "data_info.json"
+    if not info_file.is_file():
+        raise DataError(f"{path}: not a preprocessed dataset (no data_info.json); run the preprocess step first")
+    return json.loads(info_file.read_text())
+
+
 def load_prepared(path: str | Path) -> Prepared:
     import datasets
 
-    path = Path(path)
-    info_file = path / "data_info.json"
-    if not info_file.is_file():
-        raise DataError(f"{path}: not a preprocessed dataset (no data_info.json); run the preprocess step first")
-    info = json.loads(info_file.read_text())
+    path, info = Path(path), prepared_info(path)
     return Prepared(path, datasets.load_from_disk(str(path / "dataset")), LabelSchema(**info["schema"]), info)
 
 

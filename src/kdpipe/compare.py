@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from kdpipe.gate import GateDecision
+from kdpipe.run_record import shipped
 from kdpipe.summary import reuse_text, run_outcome, step_results, teacher_reuse
 from kdpipe.tracking import ERROR_TAG, ROLE_TAG, RUN_TAG
 
@@ -49,15 +50,14 @@ def describe(client, parent) -> dict:
             aliases = sorted(client.get_model_version(registry["registered_model"], registry["version"]).aliases)
         except Exception:  # noqa: BLE001 (the version was deleted since)
             aliases = ["(deleted)"]
-    latency = export.get("latency_ms") or {}
-    size = export.get("size_mb") or {}
+    served = shipped(export)
     return {
         "run": parent.data.tags.get(RUN_TAG, parent.info.run_id), "run_id": parent.info.run_id,
         "started": parent.info.start_time, "outcome": outcome, "data": parent.data.tags.get("kdpipe.data_fingerprint"),
         "metric": metric, "split": gate.split, "teacher": teacher, "student": student,
         "retention": student / teacher if student is not None and teacher else None,
-        "latency_ms_b1": gate.latency_ms_b1, "onnx_ms_b1": latency.get("int8_b1", latency.get("fp32_b1")),
-        "size_mb": size.get("int8") or size.get("fp32"),
+        "latency_ms_b1": gate.latency_ms_b1, "shipped_ms_b1": served.get("latency_ms_b1"),
+        "size_mb": served.get("size_mb"),
         "champion": gate.champion_value, "reused": reuse_text(teacher_reuse(results)),
         "version": registry.get("version"), "aliases": aliases,
         "settings": {k: v for k, v in parent.data.params.items() if not k.startswith(IGNORED_SETTINGS)},
@@ -91,8 +91,8 @@ def _fmt(v, digits=4) -> str:
 COLUMNS = [("run", "run"), ("outcome", "outcome"), ("data", "data"), ("split", "split"), ("teacher", "teacher"),
            ("student", "student"), ("retention", "retention"), ("reused", "reused"),
            ("champion", "champion on these rows"),
-           ("latency_ms_b1", "torch ms b1"), ("onnx_ms_b1", "onnx ms b1"), ("size_mb", "MB"), ("version", "version"),
-           ("aliases", "aliases")]
+           ("latency_ms_b1", "torch ms b1"), ("shipped_ms_b1", "shipped ms b1"), ("size_mb", "MB"),
+           ("version", "version"), ("aliases", "aliases")]
 
 
 def _short(text: str, width: int = 40) -> str:
@@ -121,24 +121,25 @@ def print_table(comparison: dict) -> None:
 
 
 def write_html(comparison: dict, path: str | Path) -> Path:
-    """The table and a Pareto plot: student metric against CPU latency (batch 1), every pipeline run, the
-    registered versions marked, HPO trials at their run's latency (a trial trains the same architecture)."""
+    """The table and a Pareto plot: student metric against the latency (batch 1, CPU) of the model each run
+    shipped (the ONNX variant its registered model serves), the registered versions marked, HPO trials at their
+    run's latency (a trial trains the same architecture). A run that shipped nothing is in the table only."""
     import html
 
     import plotly.graph_objects as go
 
-    rows = [r for r in comparison["rows"] if r["student"] is not None and r["latency_ms_b1"] is not None]
+    rows = [r for r in comparison["rows"] if r["student"] is not None and r["shipped_ms_b1"] is not None]
     fig = go.Figure()
-    trial_x = [r["latency_ms_b1"] for r in rows for _ in r["trials"]]
+    trial_x = [r["shipped_ms_b1"] for r in rows for _ in r["trials"]]
     trial_y = [t for r in rows for t in r["trials"]]
     if trial_y:
         fig.add_trace(go.Scatter(x=trial_x, y=trial_y, mode="markers", name="HPO trials (on validation)",
                                  marker={"size": 7, "color": "rgba(120,120,120,0.45)"}))
-    for outcome, color in (("promoted", "#1b9e77"), ("challenger", "#7570b3"), ("gate_failed", "#d95f02")):
+    for outcome, color in (("promoted", "#1b9e77"), ("challenger", "#7570b3")):
         pts = [r for r in rows if r["outcome"] == outcome]
         if pts:
             fig.add_trace(go.Scatter(
-                x=[r["latency_ms_b1"] for r in pts], y=[r["student"] for r in pts], mode="markers+text",
+                x=[r["shipped_ms_b1"] for r in pts], y=[r["student"] for r in pts], mode="markers+text",
                 name=f"runs: {outcome} (on the gate's split)", cliponaxis=False,
                 marker={"size": 13, "color": color,
                                                  "symbol": ["star" if r["version"] else "circle" for r in pts]},
@@ -146,23 +147,23 @@ def write_html(comparison: dict, path: str | Path) -> Path:
                       if r["version"] else "" for r in pts],
                 textposition="top center", hovertext=[f"{r['run']} ({r['split']})" for r in pts]))
     front, best = [], float("-inf")
-    for r in sorted(rows, key=lambda r: (r["latency_ms_b1"], -r["student"])):
+    for r in sorted(rows, key=lambda r: (r["shipped_ms_b1"], -r["student"])):
         if r["student"] > best:
             front.append(r)
             best = r["student"]
     if front:  # the runs no other run beats on both metric and latency
-        fig.add_trace(go.Scatter(x=[r["latency_ms_b1"] for r in front], y=[r["student"] for r in front],
+        fig.add_trace(go.Scatter(x=[r["shipped_ms_b1"] for r in front], y=[r["student"] for r in front],
                                  mode="lines+markers", name="Pareto front", line={"dash": "dash", "color": "#444"},
                                  marker={"size": 22, "symbol": "circle-open", "color": "#444"}))
     metric = next((r["metric"] for r in rows), "metric")
-    xs = [r["latency_ms_b1"] for r in rows] or [0.0, 1.0]
+    xs = [r["shipped_ms_b1"] for r in rows] or [0.0, 1.0]
     pad = max(0.15 * (max(xs) - min(xs)), 0.1 * max(xs), 0.05)
     ys = [r["student"] for r in rows] + trial_y or [0.0, 1.0]
     ypad = max(0.12 * (max(ys) - min(ys)), 0.005)
     fig.update_xaxes(range=[max(0.0, min(xs) - pad), max(xs) + pad])
     fig.update_yaxes(range=[min(ys) - ypad, max(ys) + 2 * ypad])
     fig.update_layout(title=f"{comparison['experiment']}: student {metric} vs CPU latency", template="plotly_white",
-                      xaxis_title="student latency, batch 1, CPU (ms; lower is better)",
+                      xaxis_title="shipped model's latency, batch 1, CPU (ms; lower is better)",
                       yaxis_title=f"student {metric} (higher is better)", width=1000, height=560,
                       font={"size": 15}, legend={"orientation": "h", "y": -0.18})
     table = table_rows(comparison)

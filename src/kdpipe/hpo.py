@@ -293,4 +293,5 @@ def study_summary(study, metric: str | None = None) -> dict:
     return {"study": study.study_name, "metric": metric or study.user_attrs.get("metric"), "search_seconds": seconds,
             "direction": study.direction.name.lower(), "trials": count,
             "best_value": best.value if best else None, "best_params": best.params if best else None,
-            "best_trial": best.number if best else None}
+            "best_trial": best.number if best else None,
+            "best_metrics": best.user_attrs.get("metrics", {}) if best else {}}  # the HPO run's metrics best_metrics.*

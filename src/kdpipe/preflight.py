@@ -61,6 +61,12 @@ def check_models(cfg: Config) -> None:
     student_layers = len(cfg.student.layers) if cfg.student.layers else (student or {}).get("num_hidden_layers")
     if layers is not None and student_layers is not None:
         check_loss_layers(cfg.distillation, student_layers, layers)
+    for key, config in (("teacher.model", teacher), ("student.model", student)):
+        positions = (config or {}).get("max_position_embeddings")
+        if positions and cfg.data.max_length > positions:  # else an index error inside the model, in every retry
+            raise ConfigError(f"data.max_length {cfg.data.max_length}: the {key.split('.')[0]} "
+                              f"{getattr(cfg, key.split('.')[0]).model!r} reads at most {positions} tokens "
+                              f"(max_position_embeddings); set data.max_length to {positions} or less")
 
 
 def check_tracking(cfg: Config) -> None:

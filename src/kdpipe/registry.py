@@ -50,19 +50,58 @@ def registry_lock(uri: str, name: str, wait_s: float = 120, lease_s: float = 60)
 
 def take_champion_if_better(cfg, version: str, gate: dict, rejudge) -> dict:
     """Compare-and-set of the `champion` alias: the gate judged the champion it saw; if another run moved the
-    alias since, `rejudge(current_version) -> bool` decides again against the new champion (re-scored on this
-    run's rows). Under registry_lock, so of two runs registering at once the better one ends as champion."""
+    alias since, `rejudge(current_version) -> (promote, reason)` decides again against the new champion
+    (re-scored on this run's rows). Under registry_lock, so of two runs registering at once the better one ends
+    as champion. The version's decision and its reason (the one that decided) are tagged last."""
     name, judged = cfg.tracking.registered_model, gate.champion_version
+    client = mlflow_client(cfg)
     with registry_lock(cfg.tracking.uri, name):
-        current = current_champion(mlflow_client(cfg), name)
+        current = current_champion(client, name)
         promote = gate.promote_to_champion
+        why = (gate.champion or {}).get("reason") or "the gate passed and there was no champion"
         if current != judged:
-            promote = bool(gate.passed and rejudge(current))
+            promote, why = rejudge(current)
+            promote = bool(gate.passed and promote)
         if promote:
-            why = (gate.champion or {}).get("reason") or "the gate passed and there was no champion"
-            set_champion(mlflow_client(cfg), name, version, current, f"kdpipe run: {why}")
+            set_champion(client, name, version, current, f"kdpipe run: {why}")
+        client.set_model_version_tag(name, version, DECISION_REASON_TAG, why[:5000])
+        client.set_model_version_tag(name, version, DECISION_TAG, "champion" if promote else "challenger")
     return {"promoted": promote, "judged_champion": judged, "champion_before": current,
-            "decided_again": current != judged}
+            "decided_again": current != judged, "reason": why}
+
+
+def settle_undecided(client, name: str) -> dict[str, str]:
+    """Versions whose registering run ended (killed, failed, deleted) before their decision was tagged: one that
+    took the champion alias has its decision finished; any other is marked abandoned (tag, reason, description)
+    and loses the challenger alias. Versions of running runs are being decided; those of finished runs were
+    (registered before the decision tag existed). Returns {version: what became of it}."""
+    from mlflow.exceptions import MlflowException
+
+    settled = {}
+    for found in client.search_model_versions(f"name = '{name}'"):
+        if found.tags.get(DECISION_TAG) or not found.run_id:
+            continue
+        try:
+            status = client.get_run(found.run_id).info.status
+        except MlflowException:
+            status = "DELETED"
+        if status in ("RUNNING", "SCHEDULED", "FINISHED"):
+            continue
+        version = client.get_model_version(name, found.version)  # with its aliases
+        if "champion" in version.aliases:
+            decision, why = "champion", f"its run ({found.run_id}) ended {status} after moving the champion alias"
+        else:
+            decision = "abandoned"
+            why = (f"its run ({found.run_id}) ended {status} before deciding its aliases; `kdpipe promote {name} "
+                   f"{found.version}{'' if version.tags.get('kdpipe.gate') == 'passed' else ' --force'}` serves it")
+            client.update_model_version(name, found.version, description=f"kdpipe: abandoned: {why}\n\n"
+                                                                           f"{version.description or ''}".strip())
+            if "challenger" in version.aliases:
+                client.delete_registered_model_alias(name, "challenger")
+        client.set_model_version_tag(name, found.version, DECISION_REASON_TAG, why)
+        client.set_model_version_tag(name, found.version, DECISION_TAG, decision)
+        settled[str(found.version)] = decision
+    return settled
 
 
 def register_onnx(cfg, onnx_dir: str | Path, gate: dict, example_texts: list[str], rejudge, card: str = "") -> dict:
@@ -75,6 +114,8 @@ def register_onnx(cfg, onnx_dir: str | Path, gate: dict, example_texts: list[str
 
     name = cfg.tracking.registered_model
     client = mlflow_client(cfg)
+    if client.search_registered_models(f"name = '{name}'"):
+        settle_undecided(client, name)  # versions a killed run left half-registered
     mlflow.set_tag("kdpipe.gate_metric", gate.metric)
     mlflow.log_metric("gate_metric_value", gate.value)
     info = log_text_model(onnx_dir, name, example_texts)
@@ -90,10 +131,12 @@ def register_onnx(cfg, onnx_dir: str | Path, gate: dict, example_texts: list[str
         raise
     aliases = ["challenger"] + (["champion"] if decision["promoted"] else [])
     return {"registered_model": name, "version": version, "aliases": aliases, "model_uri": info.model_uri,
-            "champion": decision}
+            "model_id": info.model_id, "champion": decision}
 
 
 PREVIOUS_TAG, REASON_TAG = "kdpipe.previous_champion", "kdpipe.champion_reason"
+# Tagged last when a run registers a version: champion | challenger (| abandoned, by settle_undecided), and why.
+DECISION_TAG, DECISION_REASON_TAG = "kdpipe.decision", "kdpipe.decision_reason"
 
 
 def set_champion(client, name: str, version: str, previous: str | None, reason: str) -> None:
@@ -120,10 +163,12 @@ def promote(uri: str, name: str, version: str, reason: str, force: bool = False)
         raise ConfigError(f"{name} v{version} never passed kdpipe's evaluation gate (tag kdpipe.gate is "
                           f"{found.tags.get('kdpipe.gate')!r}); --force promotes it anyway")
     with registry_lock(uri, name):
+        settled = settle_undecided(client, name)
         previous = current_champion(client, name)
         if previous != str(version):
             set_champion(client, name, str(version), previous, reason)
-    return {"registered_model": name, "champion": str(version), "previous": previous, "reason": reason}
+    return {"registered_model": name, "champion": str(version), "previous": previous, "reason": reason,
+            "settled": settled}
 
 
 def rollback(uri: str, name: str, reason: str) -> dict:

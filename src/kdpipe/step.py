@@ -63,6 +63,17 @@ class StepContext:
 
         return RunCheckpoints(self.cfg, self.run_id, self.pipeline_run) if self.cfg.tracking.keep_checkpoints else None
 
+    def log_datasets(self, dataset_dir: str, splits: list[str] | None = None, pipeline_run_too: bool = False) -> None:
+        """The prepared dataset's splits this step read (default: all) as MLflow dataset inputs of its run (and of
+        the pipeline run: the step that reads the data first)."""
+        from kdpipe.artifacts import prepared_info
+        from kdpipe.run_record import log_datasets
+        from kdpipe.tracking import parent_run_id
+
+        info = prepared_info(dataset_dir)
+        runs = [self.run_id] + ([parent_run_id(self.cfg, self.pipeline_run)] if pipeline_run_too else [])
+        log_datasets(self.cfg, runs, info, [s for s in splits or info["fingerprints"] if s in info["fingerprints"]])
+
     def log_history(self, name: str, points: list[tuple[int, float]]) -> None:
         """One metric over steps (e.g. per epoch), shown as a curve in MLflow."""
         import mlflow

@@ -39,6 +39,7 @@ def preprocess(ctx: StepContext, dataset_dir: str, force: bool = False) -> dict:
     unchanged = None if force else unchanged_since_champion(ctx.cfg, key)
     ctx.tag_parent({"kdpipe.data_fingerprint": info["fingerprints"]["train"], RETRAIN_KEY_TAG: key,
                     "kdpipe.problem_type": info["schema"]["problem_type"]})
+    ctx.log_datasets(dataset_dir, pipeline_run_too=True)
     result = {"rows": info["sizes"], "num_labels": len(info["schema"]["label_names"]),
               "problem_type": info["schema"]["problem_type"], "fingerprint": info["fingerprints"]["train"],
               "train_tokens_mean": info["train_tokens_mean"],
@@ -76,6 +77,7 @@ def prepare_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, force:
                 "reused_from_pipeline_run": adopted["pipeline_run"],
                 "reason": f"{why}; fine-tuned with the same key by pipeline run {adopted['pipeline_run']} "
                           f"({adopted['reference']}), adopted"}
+    ctx.log_datasets(dataset_dir, ["train", "validation"])
     trained = finetune_teacher(cfg, dataset_dir, teacher_dir, keeper=ctx.checkpoints())
     version = record_teacher(cfg, ctx.run_id, trained["model_dir"], key, trained["digest"], ctx.pipeline_run)
     ctx.tag_parent({"kdpipe.teacher_version": version})
@@ -110,6 +112,7 @@ def evaluate_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, teach
     result = evaluate_teacher(ctx.cfg, dataset_dir, teacher_source(ctx.cfg, teacher_dir, teacher_ref), logits_dir,
                               ctx.pipeline_run, digest)
     counts = result["logits"]
+    ctx.log_datasets(dataset_dir)
     ctx.tag_parent({"kdpipe.teacher_logits_reused": counts["rows_reused"],
                     "kdpipe.teacher_logits_computed": counts["rows_computed"]})
     return result
@@ -175,6 +178,7 @@ def distill_student(ctx: StepContext, dataset_dir: str, teacher_dir: str, teache
     """Train the student with distillation.* (overridden by params_json, e.g. the best HPO trial's), or take the
     best trial's model (reuse_model_dir, from hpo-best) as it is."""
     from kdpipe.artifacts import Student
+    from kdpipe.data import TRANSFER
     from kdpipe.distill import adopt_model, distill_student
     from kdpipe.teacher import teacher_source
 
@@ -185,6 +189,7 @@ def distill_student(ctx: StepContext, dataset_dir: str, teacher_dir: str, teache
         result = distill_student(ctx.cfg, dataset_dir, teacher_source(ctx.cfg, teacher_dir, teacher_ref), logits_dir,
                                  student_dir, params, measure_latency=True, keeper=ctx.checkpoints())
     ctx.log_params(result["params"], prefix="distillation.")
+    ctx.log_datasets(dataset_dir, ["train", "validation", TRANSFER])
     ctx.log_history("eval_loss", [(int(round(h["epoch"])), h["eval_loss"]) for h in result.pop("epoch_history", [])])
     return result
 
@@ -227,6 +232,7 @@ def evaluate_gate(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_
         np.add.at(matrix, (labels, schema.decide(logits)), 1)
         result["confusion_matrix"] = matrix.tolist()
     ctx.set_tags({"kdpipe.gate_passed": decision.passed, "kdpipe.gate_metric": metric, "kdpipe.gate_split": split})
+    ctx.log_datasets(dataset_dir, [split])
     return result
 
 
@@ -251,6 +257,7 @@ def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, gate: 
     from kdpipe.export import export_onnx
     from kdpipe.model_card import model_card
     from kdpipe.registry import register_onnx
+    from kdpipe.run_record import log_model_metrics
 
     if not gate.passed:
         raise RuntimeError("export_register reached with a failed gate; refusing to register")
@@ -259,22 +266,31 @@ def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, gate: 
     student = Student(student_dir)
     rows = prep.dataset[prep.eval_split]
 
-    def rejudge(current: str | None) -> bool:
+    def rejudge(current: str | None) -> tuple[bool, str]:
         verdict = judge_champion(cfg, current, prep.schema, gate.metric, rows["text"], rows["labels"],
                                  student.logits.load(prep.eval_split, prep.fingerprint(prep.eval_split)),
                                  student.thresholds(cfg.metrics.threshold))
-        return verdict is None or verdict["promote"]
+        if verdict is None:
+            return True, "the gate passed and there was no champion (its alias was removed while this run was judged)"
+        return verdict["promote"], verdict["reason"]
 
     card = model_card(cfg, prep.info, gate, exported)
     Export(onnx_dir).card.write_text(card)  # travels in the model's folder (and to the Hub)
     examples = prep.dataset["validation"]["text"][:2]
     exported["registry"] = register_onnx(cfg, onnx_dir, gate, examples, rejudge, card)
+    log_model_metrics(cfg, exported["registry"]["model_id"], gate, prep.info)
     return exported
 
 
 @tracked_step(run=no_run)
 def finish_tracking(ctx: StepContext, state: str, error: str = "") -> str:
-    """Exit handler: end the parent run FINISHED or FAILED to match the pipeline."""
-    from kdpipe.tracking import finish_parent
+    """Exit handler: the run's steps closed, its outcome and headline figures recorded on the parent run (what
+    MLflow's runs table and search_runs show), then the parent ended FINISHED or FAILED to match the pipeline."""
+    from kdpipe.run_record import record_outcome
+    from kdpipe.tracking import close_steps, end_parent
 
-    return finish_parent(ctx.cfg, ctx.pipeline_run, state.upper() == "SUCCEEDED", error or None)
+    succeeded = state.upper() == "SUCCEEDED"
+    run_id = close_steps(ctx.cfg, ctx.pipeline_run, succeeded, error or None)
+    record_outcome(ctx.cfg, ctx.pipeline_run, succeeded, error or None)
+    end_parent(ctx.cfg, run_id, succeeded)
+    return run_id

@@ -34,9 +34,10 @@ def step_results(client, parent) -> dict:
 
 
 def run_outcome(results: dict, failed: bool) -> str:
-    """How a pipeline run ended, from its steps' results (step_results): the one definition, behind the summary's
-    status, compare's outcome column and the exit code (kdpipe.errors.exit_code)."""
-    if failed or any(r.get("_error") for r in results.values()):
+    """How a pipeline run ended, from its steps' results (step_results) and whether the pipeline failed: the one
+    definition, behind the summary's status, compare's outcome column and the exit code (kdpipe.errors.exit_code).
+    A step attempt that failed does not fail the run when KFP's retry of it succeeded."""
+    if failed:
         return "bad_input" if any(r.get("_bad_input") for r in results.values()) else "error"
     if results.get("preprocess", {}).get("unchanged"):
         return "unchanged"
@@ -68,18 +69,24 @@ def reuse_text(reuse: dict) -> str:
     return ", ".join(parts) or "-"
 
 
-def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, failure: str | None) -> dict:
-    """Everything MLflow knows of the run; when the store itself is down, what is known without it."""
+def read_run(cfg: Config, pipeline_run: str) -> tuple:
+    """(parent run, its steps' results, their errors) from MLflow; when the store itself is down, (None, {}, the
+    outage)."""
     try:
         parent = find_parent(cfg, pipeline_run)
         results = step_results(mlflow_client(cfg), parent) if parent else {}
-        errors = [f"{name}: {r['_error']}" for name, r in results.items() if r.get("_error")]
+        return parent, results, [f"{name}: {r['_error']}" for name, r in results.items() if r.get("_error")]
     except Exception as e:
         why = store_failure(e)
         if why is None:
             raise
-        parent, results = None, {}
-        errors = [f"the MLflow store at tracking.uri={cfg.tracking.uri} {why}; nothing was registered"]
+        return None, {}, [f"the MLflow store at tracking.uri={cfg.tracking.uri} {why}; nothing was registered"]
+
+
+def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path | str, failure: str | None,
+                  read: tuple | None = None) -> dict:
+    """Everything MLflow knows of the run (`read`: what read_run returned, when the caller has it)."""
+    parent, results, errors = read or read_run(cfg, pipeline_run)
     gate = results.get("evaluate_gate", {})
     export = results.get("export_register", {})
     timings = {name: res.get("step_seconds") for name, res in results.items()}
@@ -92,7 +99,10 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
             timings.pop(name)
         timings["teacher_shards"] = max(r.get("step_seconds") or 0 for r in shards)
     step_total = sum(v for v in timings.values() if v)
-    status = run_outcome(results, bool(errors or failure))
+    failed = bool(failure) or (parent.data.tags.get(ERROR_TAG) is not None if parent else bool(errors))
+    status = run_outcome(results, failed)
+    retried = [] if failed else errors  # attempts that failed, then succeeded when KFP ran them again
+    errors = errors if failed else []
     return {
         "status": status,
         "pipeline_run": pipeline_run,
@@ -123,6 +133,7 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path, fa
                     "orchestration_overhead_s": wall - step_total,
                     "orchestration_overhead_fraction": (wall - step_total) / wall if wall else None},
         "errors": errors or ([failure] if failure else []),
+        "retried": retried,
         "unchanged": results.get("preprocess", {}).get("unchanged"),
     }
 
@@ -177,4 +188,6 @@ def print_summary(summary: dict, steps: bool = True) -> None:
             print(f"    champion moved to v{r['champion']['champion_before']} while this run was judged: decided again")
     for error in summary["errors"]:
         print(f"  error: {error}")
+    for attempt in summary.get("retried", []):
+        print(f"  failed, then succeeded on retry: {attempt}")
     print(f"  MLflow parent run {summary['mlflow']['parent_run_id']} ({summary['mlflow']['tracking_uri']})")

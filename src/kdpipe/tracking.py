@@ -63,11 +63,15 @@ def store_failure(error: BaseException) -> str | None:
     seen = error
     while seen is not None:
         text = str(seen).splitlines()[0] if str(seen) else type(seen).__name__
+        if "500 error responses" in text or "error code 5" in text:
+            return f"answers with server errors ({text[:300]})"
         if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                              requests.exceptions.RetryError)) or text.startswith("API request to "):
             return f"did not answer ({text[:300]})"
         if isinstance(seen, sqlalchemy.exc.OperationalError):
             return f"refused a write ({text[:300]})"
+        if isinstance(seen, sqlalchemy.exc.DatabaseError) and not isinstance(seen, sqlalchemy.exc.IntegrityError):
+            return f"cannot be read: the database is damaged ({text[:300]}); restore it from a backup"
         seen = seen.__cause__ or seen.__context__
     return None
 
@@ -338,9 +342,10 @@ def log_result(result: dict) -> None:
         mlflow.log_metrics({k.replace("@", "_"): v for k, v in metrics.items()})
 
 
-def finish_parent(cfg, pipeline_run: str, succeeded: bool, error: str | None = None) -> str:
-    """The exit handler's end of a pipeline run. A step run still RUNNING lost its process (a pod killed for memory,
-    a node lost): it is marked KILLED, the first failure found becomes the parent's error."""
+def close_steps(cfg, pipeline_run: str, succeeded: bool, error: str | None = None) -> str:
+    """The exit handler's first act: a step run still RUNNING lost its process (a pod killed for memory, a node
+    lost): it is marked KILLED; on failure the first failure found becomes the parent's error. Returns the parent
+    run's id."""
     client = mlflow_client(cfg)
     run_id = parent_run_id(cfg, pipeline_run)
     for child in child_runs(cfg, run_id):
@@ -350,8 +355,11 @@ def finish_parent(cfg, pipeline_run: str, succeeded: bool, error: str | None = N
         failed = [r for r in child_runs(cfg, run_id) if r.data.tags.get(ERROR_TAG)]
         message = failed[0].data.tags[ERROR_TAG] if failed else (error or "pipeline failed")
         client.set_tag(run_id, ERROR_TAG, message[:5000])
-    client.set_terminated(run_id, "FINISHED" if succeeded else "FAILED")
     return run_id
+
+
+def end_parent(cfg, run_id: str, succeeded: bool) -> None:
+    mlflow_client(cfg).set_terminated(run_id, "FINISHED" if succeeded else "FAILED")
 
 
 def child_runs(cfg, parent_id: str) -> list:

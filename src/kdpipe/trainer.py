@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from kdpipe.losses import DistillationLoss
 from kdpipe.progress import training_callback
 
 LOSS_STATE = "distillation_loss.safetensors"
+COMPLETE = "kdpipe_checkpoint_complete"  # written last: a checkpoint without it was cut short (disk full, a kill)
+log = logging.getLogger(__name__)
 
 
 class KDCollator:
@@ -60,11 +63,13 @@ class DistillationTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if any(True for _ in self.kd_loss.parameters()):  # projections: a resumed run needs them too
             from safetensors.torch import save_file
 
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             save_file({k: v.contiguous() for k, v in self.kd_loss.state_dict().items()}, str(folder / LOSS_STATE))
+        if self.args.should_save:
+            (folder / COMPLETE).touch()
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -145,6 +150,19 @@ def training_arguments(out_dir: str | Path, *, epochs, learning_rate, batch_size
     return TrainingArguments(**{**settings, **extra})
 
 
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint in `folder` that was written to its end. One cut short (the disk filled, or the
+    process was killed, while it was saved) is removed with a line saying so: a retry resumes from the one
+    before, or starts over, instead of failing on it every time."""
+    while (last := get_last_checkpoint(str(folder)) if folder.is_dir() else None) is not None:
+        if (Path(last) / COMPLETE).is_file():
+            return last
+        log.warning("kdpipe: checkpoint %s was cut short while it was saved (no %s): removed, not resumed from",
+                    last, COMPLETE)
+        shutil.rmtree(last)
+    return None
+
+
 def train(trainer: Trainer, checkpoint_dir: str | Path, run_key: str, keeper=None) -> dict:
     """Train, resuming from the newest checkpoint in checkpoint_dir when an interrupted run with the same
     run_key (settings + data fingerprint) left one; checkpoints of any other run are cleared first. `keeper`
@@ -158,8 +176,10 @@ def train(trainer: Trainer, checkpoint_dir: str | Path, run_key: str, keeper=Non
             shutil.rmtree(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         key_file.write_text(run_key)
-        if keeper is not None and get_last_checkpoint(str(checkpoint_dir)) is None:
+        if last_complete_checkpoint(checkpoint_dir) is None and keeper is not None:
             resumed_run = keeper.restore(checkpoint_dir, run_key)
+            if last_complete_checkpoint(checkpoint_dir) is None:  # kept by an older kdpipe, without the mark
+                resumed_run = None
         if keeper is not None:
             trainer.add_callback(keeper.callback())
         trainer.add_callback(training_callback())

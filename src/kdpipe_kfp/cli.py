@@ -89,6 +89,7 @@ def cmd_promote(args) -> int:
     uri = _tracking_uri(args)
     moved = promote(uri, args.name, args.version, f"kdpipe promote: {args.reason}", force=args.force)
     print(f"{args.name}: champion v{moved['champion']} (was {'v' + moved['previous'] if moved['previous'] else 'none'})")
+    _print_settled(args.name, moved)
     if args.push_to_hub:
         from kdpipe.model_card import push_registered
 
@@ -101,7 +102,13 @@ def cmd_rollback(args) -> int:
 
     moved = rollback(_tracking_uri(args), args.name, args.reason)
     print(f"{args.name}: champion back to v{moved['champion']} (was v{moved['previous']})")
+    _print_settled(args.name, moved)
     return EXIT_OK
+
+
+def _print_settled(name: str, moved: dict) -> None:
+    for version, decision in moved.get("settled", {}).items():
+        print(f"{name}: v{version}, left undecided by a run that ended before deciding it: {decision}")
 
 
 def cmd_compare(args) -> int:
@@ -145,6 +152,10 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGTERM, _interrupted)  # as Ctrl-C: the run's MLflow runs are ended KILLED
     summary = run_local(cfg, args.output_dir or cfg.output_dir, runner=args.runner, force=args.force,
                         verbose=args.verbose)
+    if summary.get("not_started"):  # one line: nothing ran, there is nothing else to say
+        print(f"kdpipe: {summary['not_started']} (summary: {Path(summary['pipeline_root']) / 'summary.json'})",
+              file=sys.stderr)
+        return exit_code(summary["status"])
     print_summary(summary, steps=args.verbose)
     print(f"  summary: {Path(summary['pipeline_root']) / 'summary.json'} (also the output folder's latest); "
           f"log: {summary['log']}")

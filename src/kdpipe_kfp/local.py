@@ -41,6 +41,17 @@ def pipeline_arguments(cfg: Config, distill_params: dict | None = None, encode=j
             "hpo_workers": hpo_workers(cfg), "force": force, "teacher_shards": teacher_shards(cfg)}
 
 
+def not_started(cfg: Config, output_dir: str | Path, why: str) -> dict:
+    """The summary of a run the store stopped before it started (status error), written over the output folder's
+    summary.json so that nothing reads the previous run's outcome as this one's."""
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = {**build_summary(cfg, "", 0.0, output_dir, why, read=(None, {}, [why])), "log": None,
+               "not_started": why}
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
 def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None = None,
               runner: str = "subprocess", force: bool = False, verbose: bool = False) -> dict:
     """Run the whole pipeline locally; returns the summary (also written to output_dir/summary.json and to the
@@ -64,7 +75,15 @@ def run_local(cfg: Config, output_dir: str | Path, distill_params: dict | None =
     from kdpipe_kfp.console import RunConsole
     from kdpipe_kfp.pipeline import CPU_ONLY, make_pipeline
 
-    for run_id in end_lost_runs(cfg):
+    try:
+        lost = end_lost_runs(cfg)  # the run's first use of the store
+    except Exception as e:
+        why = store_failure(e)
+        if why is None:
+            raise
+        return not_started(cfg, output_dir, f"the MLflow store at tracking.uri={cfg.tracking.uri} {why}; the "
+                                            f"pipeline did not start")
+    for run_id in lost:
         print(f"kdpipe: MLflow run {run_id} was left RUNNING by a kdpipe process that is gone: marked KILLED",
               file=sys.stderr)
     invocation = uuid.uuid4().hex
