@@ -120,8 +120,9 @@ def experiment_id(cfg, name: str | None = None) -> str:
     if cfg.tracking.uri.startswith("sqlite:///"):
         # Keep artifacts beside the SQLite file, not in whatever directory a step happens to run in.
         location = (Path(urlsplit(cfg.tracking.uri).path).parent / "mlartifacts").resolve().as_uri()
-    try:
-        return mlflow.create_experiment(name, artifact_location=location)
+    try:  # a model-training experiment: MLflow's UI opens it on its runs table (not the GenAI overview)
+        return mlflow.create_experiment(name, artifact_location=location,
+                                        tags={"mlflow.experimentKind": "custom_model_development"})
     except Exception:  # created meanwhile by a parallel step
         return mlflow.get_experiment_by_name(name).experiment_id
 
