@@ -198,19 +198,28 @@ def test_gate_passes_exports_and_registers(tiny_run, first_champion, capsys, mon
     assert not list(run_dir.rglob("result.json")) and not list(run_dir.rglob("*.d"))
     # The registered model takes text: served by `mlflow models serve`, it answers as `kdpipe predict` does on the
     # exported folder, and `kdpipe predict` reads it from the registry too.
+    # It serves the variant the export chose (int8 when it passed its checks), and says which in its metadata.
+    import mlflow
+
     uri, texts = f"sqlite:///{tiny_run}/mlflow.db", ["a lovely film", "dull , lifeless and far too long", "ok"]
+    variant = summary["onnx"]["served"]
+    assert variant == ("int8" if summary["onnx"]["int8_path"] else "fp32")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert mlflow.models.get_model_info("models:/passing@champion").metadata["kdpipe.variant"] == variant
     with served("models:/passing@champion", uri, tiny_run / "serve.log") as url:
         rows = assert_served_as_predicted(url, summary["onnx"]["path"].rsplit("/", 1)[0], texts, capsys)
     assert all(set(r["scores"]) == {"0", "1"} for r in rows)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    from kdpipe.serving import OnnxClassifier
+
+    expected = OnnxClassifier(summary["onnx"]["path"].rsplit("/", 1)[0], variant).predict(texts)
+    assert all(r["scores"] == pytest.approx(e["scores"], abs=1e-6) for r, e in zip(rows, expected))
     assert main(["predict", "--model", "models:/passing@champion", "a lovely film"]) == 0
     # The model card: in the model's folder and as the registered version's description.
     card = (run_dir / "export-register/onnx_model/README.md").read_text()
     assert client.get_model_version("passing", versions[0].version).description == card
     for part in ("pipeline_tag", "## Data", "## Metrics", "## Gate: passed on accuracy", "## Intended use and limits",
-                 summary["teacher"]["split"], "No champion before this version"):
+                 summary["teacher"]["split"], "No champion before this version", f"**Served: {variant}**"):
         assert part in card, part
-    import mlflow
     signature = mlflow.models.get_model_info("models:/passing@champion").signature
     assert signature.inputs.to_dict() == [{"type": "string", "required": True}]
 
@@ -498,9 +507,11 @@ def test_mlflow_itself_compares_the_pipeline_runs(tiny_run, first_champion, unch
         assert row["metrics.retention"] == pytest.approx(student / teacher)
         assert row["metrics.fidelity.teacher_agreement"] == pytest.approx(s["gate"]["fidelity"]["teacher_agreement"])
         onnx = s["onnx"]
-        assert row["metrics.shipped.latency_ms_b1"] == pytest.approx(onnx["latency_ms"]["fp32_b1"])
-        assert row["metrics.shipped.latency_ms_b32"] == pytest.approx(onnx["latency_ms"]["fp32_b32"])
-        assert row["metrics.shipped.size_mb"] > 0 and row["tags.kdpipe.served_variant"] == "fp32"
+        variant = onnx["served"]  # int8 when it passed its export checks
+        assert variant == ("int8" if onnx["int8_path"] else "fp32") and row["tags.kdpipe.served_variant"] == variant
+        assert row["metrics.shipped.latency_ms_b1"] == pytest.approx(onnx["latency_ms"][f"{variant}_b1"])
+        assert row["metrics.shipped.latency_ms_b32"] == pytest.approx(onnx["latency_ms"][f"{variant}_b32"])
+        assert row["metrics.shipped.size_mb"] > 0
         assert row["metrics.int8.label_flip_rate"] == pytest.approx(onnx["int8_label_flip_rate"])
         assert row["tags.kdpipe.registered_version"] == s["registry"]["version"]
         assert row["tags.kdpipe.aliases"] == ",".join(s["registry"]["aliases"])

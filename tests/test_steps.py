@@ -202,14 +202,19 @@ def test_export_parity_metadata_int8_and_predict(setup, student_artifact, capsys
     assert result["metrics_fp32"] == result["metrics_torch"]
     assert (root / "onnx/model.int8.onnx").is_file() and result["int8_metric_drop"] <= cfg.export.max_int8_metric_drop
     assert set(result["latency_ms"]) == {"fp32_b1", "fp32_b32", "int8_b1", "int8_b32"}
-    clf = OnnxClassifier(root / "onnx")
+    # int8 passed its checks: it is what the folder serves; fp32 on request.
+    assert result["served"] == "int8"
+    clf, fp32 = OnnxClassifier(root / "onnx"), OnnxClassifier(root / "onnx", "fp32")
+    assert (clf.variant, fp32.variant) == ("int8", "fp32")
     assert clf.labels == ["0", "1"] and clf.problem_type == "single_label_classification"
     rows = clf.predict(["a gorgeous film", "dull and lifeless", "x " * 300])
     assert all(abs(sum(r["scores"].values()) - 1) < 1e-5 for r in rows)  # softmax probabilities
+    assert rows != fp32.predict(["a gorgeous film", "dull and lifeless", "x " * 300])  # another graph's scores
     capsys.readouterr()
-    assert main(["predict", "--model", str(root / "onnx"), "--json", "a gorgeous film"]) == 0
-    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["labels"][0] in ("0", "1")
+    for variant in ([], ["--variant", "fp32"]):
+        assert main(["predict", "--model", str(root / "onnx"), "--json", *variant, "a gorgeous film"]) == 0
+        line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert line["scores"] == (fp32 if variant else clf).predict(["a gorgeous film"])[0]["scores"]
 
 
 def test_failed_parity_leaves_nothing(setup, student_artifact, monkeypatch):
@@ -291,9 +296,11 @@ def test_predict_on_a_bad_model_folder_or_no_input_is_one_line(setup, student_ar
     folder = shutil.copytree(root / "onnx-predict", tmp_path / "model")
     if damage == "missing":
         shutil.rmtree(folder)
-    elif damage == "truncated":
-        data = (folder / "model.onnx").read_bytes()
-        (folder / "model.onnx").write_bytes(data[: len(data) // 3])
+    elif damage == "truncated":  # the file predict runs: the served one
+        from kdpipe.artifacts import Export
+
+        data = Export(folder).model().read_bytes()
+        Export(folder).model().write_bytes(data[: len(data) // 3])
     elif damage == "no_tokenizer":
         for f in folder.iterdir():
             if f.name.startswith(("tokenizer", "vocab", "special_tokens")):

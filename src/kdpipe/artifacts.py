@@ -145,3 +145,13 @@ class Export:
     @property
     def card(self) -> Path:
         return self.folder / self.CARD
+
+    @property
+    def served(self) -> str:
+        """The variant this folder serves unless asked otherwise: int8 when it passed its export checks (its file is
+        kept only then), else fp32. The one rule behind predict, the registered model and the run's figures."""
+        return "int8" if self.int8.is_file() else "fp32"
+
+    def model(self, variant: str | None = None) -> Path:
+        """The ONNX file of `variant` (int8, fp32), by default the served one."""
+        return self.int8 if (variant or self.served) == "int8" else self.fp32

@@ -61,7 +61,8 @@ def judge_champion(cfg, version: str | None, schema: LabelSchema, metric: str, t
     g, name = cfg.gate, cfg.tracking.registered_model
     out = {"version": version, "metric": metric, "rows": len(texts)}
     try:
-        champion = load_registered(f"models:/{name}/{version}")
+        # fp32, as the challenger's logits are: the comparison is of models, not of their quantization
+        champion = load_registered(f"models:/{name}/{version}", "fp32")
     except KdpipeError as e:
         return {**out, "promote": False, "reason": f"champion v{version} cannot be re-scored ({e}); promote by hand "
                                                    f"with `kdpipe promote {name} VERSION` if this model should serve"}

@@ -161,8 +161,7 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
               "metrics_fp32": fp32_metrics,
               "latency_ms": {"fp32_b1": onnx_latency_ms(fp32, 1, e.latency_seq_len, e.latency_runs),
                              "fp32_b32": onnx_latency_ms(fp32, 32, e.latency_seq_len, max(3, e.latency_runs // 4))},
-              "size_mb": {"fp32": files.fp32.stat().st_size / 2**20},
-              "served": "fp32"}  # what the registered model runs unless asked otherwise (pyfunc: model_config int8)
+              "size_mb": {"fp32": files.fp32.stat().st_size / 2**20}}
     if e.quantize:
         quantize_int8(files.fp32, files.int8)
         int8 = session(files.int8)
@@ -173,6 +172,7 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
                                      "int8_b32": onnx_latency_ms(int8, 32, e.latency_seq_len,
                                                                  max(3, e.latency_runs // 4))})
         result["size_mb"]["int8"] = files.int8.stat().st_size / 2**20 if result["int8_path"] else None
+    result["served"] = files.served  # what predict, the registered model and serving run unless asked otherwise
     return result
 
 

@@ -32,7 +32,9 @@ def model_card(cfg, info: dict, gate, exported: dict) -> str:
 
 A student distilled by kdpipe from the teacher `{cfg.teacher.model}`: {student}, exported to ONNX
 (fp32{', int8' if exported.get('int8_path') else ''}) and verified against PyTorch (max logit difference
-{exported.get('max_abs_logit_diff', float('nan')):.1e}).
+{exported.get('max_abs_logit_diff', float('nan')):.1e}). **Served: {exported.get('served', 'fp32')}**
+({'int8 passed its export checks' if exported.get('served') == 'int8' else 'int8 ' + (exported.get('int8_rejected') or 'was not made')});
+`kdpipe predict --variant fp32`, or model_config `{{"variant": "fp32"}}` (`SERVING_MODEL_CONFIG` for `mlflow models serve`), runs the other file.
 
 **Task**: {'multi-label (independent sigmoid per label)' if multi else 'single-label (softmax)'} over
 {len(schema['label_names'])} labels: {', '.join(schema['label_names'])}.

@@ -11,9 +11,11 @@ from pathlib import Path
 import mlflow.pyfunc
 import pydantic
 
+from kdpipe.artifacts import Export
 from kdpipe.errors import ExportError
 from kdpipe.serving import OnnxClassifier
 
+SERVED = "served"  # model_config variant: the one the export serves
 ONNX_ARTIFACT = "onnx"  # the export folder: model.onnx (+ model.int8.onnx when it passed), tokenizer, metadata
 REQUIREMENTS = ("mlflow", "onnxruntime", "transformers", "tokenizers", "numpy", "pydantic")
 # The model's code: the registered model runs this file, which builds the pyfunc from the package shipped with it.
@@ -26,12 +28,13 @@ class Prediction(pydantic.BaseModel):
 
 
 class TextClassifierModel(mlflow.pyfunc.PythonModel):
-    """Input: a list of texts. Output, per text: the predicted labels and every label's score. model_config
-    `{"int8": true}` runs the int8 file instead (shipped only when it passed its check at export)."""
+    """Input: a list of texts. Output, per text: the predicted labels and every label's score. It runs the variant
+    the export serves (int8 when it passed its checks at export, else fp32: the model's metadata `kdpipe.variant`
+    says which); model_config `{"variant": "fp32"}` (or "int8") runs that one instead."""
 
     def load_context(self, context):
-        int8 = bool((context.model_config or {}).get("int8"))
-        self.classifier = OnnxClassifier(context.artifacts[ONNX_ARTIFACT], int8=int8)
+        variant = (context.model_config or {}).get("variant", SERVED)
+        self.classifier = OnnxClassifier(context.artifacts[ONNX_ARTIFACT], None if variant == SERVED else variant)
 
     def predict(self, model_input: list[str], params=None) -> list[Prediction]:
         return [Prediction(labels=r["labels"], scores=r["scores"]) for r in self.classifier.predict(list(model_input))]
@@ -47,14 +50,16 @@ def log_text_model(onnx_dir: str | Path, registered_model_name: str, example_tex
         entry.write_text(ENTRY)
         return mlflow.pyfunc.log_model(name="model", python_model=str(entry), artifacts={ONNX_ARTIFACT: str(onnx_dir)},
                                        code_paths=[str(Path(__file__).parent)], input_example=example_texts,
-                                       pip_requirements=requirements, model_config={"int8": False},
+                                       pip_requirements=requirements, model_config={"variant": SERVED},
+                                       metadata={"kdpipe.variant": Export(onnx_dir).served},
                                        registered_model_name=registered_model_name)
 
 
-def load_registered(model_uri: str, int8: bool = False) -> OnnxClassifier:
-    """The OnnxClassifier of a registered kdpipe model (models:/NAME@ALIAS, models:/NAME/N, runs:/ID/model)."""
+def load_registered(model_uri: str, variant: str | None = None) -> OnnxClassifier:
+    """The OnnxClassifier of a registered kdpipe model (models:/NAME@ALIAS, models:/NAME/N, runs:/ID/model): the
+    variant it serves, or `variant` (int8, fp32)."""
     try:
-        model = mlflow.pyfunc.load_model(model_uri, model_config={"int8": int8})
+        model = mlflow.pyfunc.load_model(model_uri, model_config={"variant": variant or SERVED})
         inner = model.unwrap_python_model()
     except ExportError:
         raise

@@ -21,16 +21,19 @@ def session(path: Path):
 
 
 class OnnxClassifier:
-    """An export folder: tokenizer files + model.onnx (or model.int8.onnx) with kdpipe's metadata (label names,
-    problem type, decision thresholds, max length)."""
+    """An export folder: tokenizer files + model.int8.onnx and model.onnx with kdpipe's metadata (label names,
+    problem type, decision thresholds, max length). `variant` (int8, fp32) runs that file; by default the one the
+    folder serves (Export.served: int8 when it passed its export checks)."""
 
-    def __init__(self, model_dir: str | Path, int8: bool = False):
+    def __init__(self, model_dir: str | Path, variant: str | None = None):
         from transformers import AutoTokenizer
 
         model_dir = Path(model_dir)
-        path = (Export(model_dir).int8 if int8 else Export(model_dir).fp32) if model_dir.is_dir() else model_dir
+        path = Export(model_dir).model(variant) if model_dir.is_dir() else model_dir
+        self.variant = "int8" if path.name == Export.INT8 else "fp32"
         if not path.is_file():
-            raise ExportError(f"{path}: no ONNX model there; give the folder written by the export step")
+            why = " (it did not pass its export checks)" if variant == "int8" and Export(model_dir).fp32.is_file() else ""
+            raise ExportError(f"{path}: no ONNX model there{why}; give the folder written by the export step")
         try:
             self.session = session(path)
         except Exception as e:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...) say the file is bad

@@ -122,7 +122,7 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path | s
                  # The registry's compare-and-set has the last word (another run may have moved the champion).
                  "promote_to_champion": export.get("registry", {}).get("champion", {}).get(
                      "promoted", gate.get("promote_to_champion"))} if gate else None,
-        "onnx": {"path": export.get("path"), "int8_path": export.get("int8_path"),
+        "onnx": {"path": export.get("path"), "int8_path": export.get("int8_path"), "served": export.get("served"),
                  "max_abs_logit_diff": export.get("max_abs_logit_diff"), "latency_ms": export.get("latency_ms"),
                  "int8_label_flip_rate": export.get("int8_label_flip_rate"), "int8_rejected": export.get("int8_rejected")}
         if export else None,
@@ -183,7 +183,8 @@ def print_summary(summary: dict, steps: bool = True) -> None:
         print(f"    note: {note}")
     if summary.get("registry"):
         r = summary["registry"]
-        print(f"  registered {r['registered_model']} v{r['version']} aliases {r['aliases']}; ONNX: {summary['onnx']['path']}")
+        print(f"  registered {r['registered_model']} v{r['version']} aliases {r['aliases']}; serves ONNX "
+              f"{summary['onnx']['served']}: {summary['onnx']['int8_path' if summary['onnx']['served'] == 'int8' else 'path']}")
         if r.get("champion", {}).get("decided_again"):
             print(f"    champion moved to v{r['champion']['champion_before']} while this run was judged: decided again")
     for error in summary["errors"]:

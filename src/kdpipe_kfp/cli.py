@@ -56,11 +56,11 @@ def cmd_predict(args) -> int:
         from kdpipe.pyfunc import load_registered
 
         mlflow.set_tracking_uri(_tracking_uri(args))
-        clf = load_registered(args.model, int8=args.int8)
+        clf = load_registered(args.model, args.variant)
     else:
         from kdpipe.serving import OnnxClassifier
 
-        clf = OnnxClassifier(args.model, int8=args.int8)
+        clf = OnnxClassifier(args.model, args.variant)
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         print("kdpipe: no texts to classify: give them as arguments or one per line on standard input", file=sys.stderr)
@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the export folder (model.onnx + tokenizer files), or a registered "
                                                   "model: models:/NAME@champion, models:/NAME/VERSION (the registry "
                                                   "of MLFLOW_TRACKING_URI)")
-    p.add_argument("--int8", action="store_true", help="use model.int8.onnx")
+    p.add_argument("--variant", choices=["int8", "fp32"], help="run this ONNX file instead of the one the model "
+                   "serves (int8 when it passed its export checks, else fp32)")
     p.add_argument("--tracking-uri", help="for a registered model: MLflow tracking URI (default: "
                                           "$MLFLOW_TRACKING_URI)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
