@@ -10,11 +10,6 @@
 #   docker build -f docker/Dockerfile.cuda -t <repo>:<version>-cuda .
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# One build at a time in this checkout: a second call (the test that needs the image, while scripts/test.sh's
-# early build runs) waits, then finds every layer cached.
-mkdir -p build
-exec 9>build/.build-images.lock
-flock 9
 started=$(date +%s)
 PY=${KDPIPE_PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3

@@ -14,11 +14,5 @@ fi
 # tests/test_containers.py builds the image and runs the demo in it: a Docker engine must answer (as root on a
 # fresh machine this installs Debian's docker.io and starts dockerd).
 bash scripts/docker-engine.sh
-# The image builds in the background while the other tests run (minutes of mostly waiting on pip and Docker);
-# tests/test_containers.py runs last and finds it built (build-images.sh lets one build run at a time).
-if [ $# -eq 0 ] || [[ "$*" == *test_containers* ]]; then
-  mkdir -p build
-  bash scripts/build-images.sh > build/images.log 2>&1 &
-fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=30 "$@"

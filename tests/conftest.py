@@ -176,8 +176,3 @@ def screen_lines(output: str) -> list[str]:
         if shown:
             lines.append(shown)
     return lines
-
-
-def pytest_collection_modifyitems(items):
-    """The container tests last: scripts/test.sh builds their image in the background meanwhile."""
-    items.sort(key=lambda item: item.module.__name__.endswith("test_containers"))
