@@ -168,7 +168,7 @@ def test_judge_champion_needs_the_margin_and_with_require_significance_the_paire
     clearly = right.copy()  # 60 rows better: significant
     worse = right.copy()
     worse[:64] = wrong[:64]
-    monkeypatch.setattr("kdpipe.pyfunc.load_registered", lambda uri: _Champion(champion, two))
+    monkeypatch.setattr("kdpipe.pyfunc.load_registered", lambda uri, variant=None: _Champion(champion, two))
     cfg = load_config(raw={"teacher": {"model": "org/t"}, "student": {"layers": [0]},
                            "data": {"dataset": "x", "train": "train", "validation": "validation"},
                            "gate": {"require_significance": require}})
@@ -184,5 +184,5 @@ def test_judge_champion_needs_the_margin_and_with_require_significance_the_paire
     if require:
         assert "gate.require_significance needs the paired test" in small["reason"]
     # A champion over other labels is never replaced automatically.
-    monkeypatch.setattr("kdpipe.pyfunc.load_registered", lambda uri: _Champion(champion, SINGLE))
+    monkeypatch.setattr("kdpipe.pyfunc.load_registered", lambda uri, variant=None: _Champion(champion, SINGLE))
     assert not judge(clearly)["promote"] and "not comparable" in judge(clearly)["reason"]

@@ -205,6 +205,7 @@ def test_gate_passes_exports_and_registers(tiny_run, first_champion, capsys, mon
     variant = summary["onnx"]["served"]
     assert variant == ("int8" if summary["onnx"]["int8_path"] else "fp32")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # (an earlier test may have set another store in this process)
     assert mlflow.models.get_model_info("models:/passing@champion").metadata["kdpipe.variant"] == variant
     with served("models:/passing@champion", uri, tiny_run / "serve.log") as url:
         rows = assert_served_as_predicted(url, summary["onnx"]["path"].rsplit("/", 1)[0], texts, capsys)
