@@ -114,8 +114,7 @@ def register_onnx(cfg, onnx_dir: str | Path, gate: dict, example_texts: list[str
 
     name = cfg.tracking.registered_model
     client = mlflow_client(cfg)
-    if client.search_registered_models(f"name = '{name}'"):
-        settle_undecided(client, name)  # versions a killed run left half-registered
+    settle_undecided(client, name)  # versions a killed run left half-registered (none for a new model)
     mlflow.set_tag("kdpipe.gate_metric", gate.metric)
     mlflow.log_metric("gate_metric_value", gate.value)
     info = log_text_model(onnx_dir, name, example_texts)
