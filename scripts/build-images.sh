@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds kdpipe's CPU image, tagged <repo>:<version>-cpu: the tag the pipeline's steps name by default.
-#   bash scripts/build-images.sh                    # ghcr.io/kdpipe/kdpipe:<version>-cpu
+# Builds kdpipe's CPU image, tagged <repo>:<version>-cpu (the tag the pipeline's steps name by default), and its
+# serving image, <repo>:<version>-serve (docker/Dockerfile.serve: the KServe predictor, no torch).
+#   bash scripts/build-images.sh                    # ghcr.io/kdpipe/kdpipe:<version>-cpu and -serve
+#   bash scripts/build-images.sh serve              # one of them (cpu, serve)
 #   KDPIPE_IMAGE_REPO=registry.example.com/ml/kdpipe bash scripts/build-images.sh && docker push ...
 # Base: KDPIPE_BASE_IMAGE if set; else the public python image if it is here or can be pulled; else one built
 # from Debian's packages (mmdebstrap), for machines that reach no image registry.
@@ -14,11 +16,14 @@ started=$(date +%s)
 PY=${KDPIPE_PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' src/kdpipe/__init__.py)
-TAG="${KDPIPE_IMAGE_REPO:-ghcr.io/kdpipe/kdpipe}:$VERSION-cpu"
+REPO=${KDPIPE_IMAGE_REPO:-ghcr.io/kdpipe/kdpipe}
+IMAGES=${*:-cpu serve}
 EXTRAS=${KDPIPE_IMAGE_EXTRAS:-k8s,demo}
 PUBLIC_BASE=python:3.11.14-slim-bookworm
 DEBIAN_BASE=kdpipe/debian-python:bookworm
 bash scripts/docker-engine.sh
+# As in scripts/install.sh: pip's "Location ... is ignored" lines (a pip.conf naming absent folders) say nothing.
+pip_quiet() { "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory" >&2); }
 
 if [ -n "${KDPIPE_BASE_IMAGE:-}" ]; then
   BASE=$KDPIPE_BASE_IMAGE
@@ -39,33 +44,47 @@ else
 fi
 
 # The wheelhouse, reused while constraints, dependencies and extras are unchanged.
-STAMP=$(cat constraints.txt pyproject.toml | sha256sum | cut -c1-16)-$EXTRAS
+STAMP=$(cat constraints.txt pyproject.toml docker/serve-requirements.txt | sha256sum | cut -c1-16)-$EXTRAS
 if [ "$(cat build/wheelhouse/.stamp 2>/dev/null)" != "$STAMP" ]; then
   rm -rf build/wheelhouse
-  "$PY" -m pip wheel -q --disable-pip-version-check -w build/wheelhouse -c constraints.txt \
-    "torch==${KDPIPE_TORCH_VERSION:-2.13.0}" "setuptools>=68" ".[$EXTRAS]"
+  pip_quiet "$PY" -m pip wheel -q --disable-pip-version-check -w build/wheelhouse -c constraints.txt \
+    "torch==${KDPIPE_TORCH_VERSION:-2.13.0}" "setuptools>=68" ".[$EXTRAS]" -r docker/serve-requirements.txt
   rm -f build/wheelhouse/kdpipe-*.whl  # the image builds the package from its sources
   echo "$STAMP" > build/wheelhouse/.stamp
 fi
 
-# The wheelhouse reaches the build over loopback (no layer of wheels in the image); a small build context holds
-# only what the Dockerfile copies.
+# The wheelhouse reaches the build over loopback (no layer of wheels in the image).
 PORT=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 "$PY" -m http.server --bind 127.0.0.1 --directory build/wheelhouse "$PORT" >/dev/null 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; rm -rf build/context' EXIT
-rm -rf build/context
-mkdir -p build/context/scripts
-cp -a pyproject.toml constraints.txt README.md src build/context/  # -a: mtimes kept, so an unchanged rebuild is a cache hit
-cp -a scripts/install.sh build/context/scripts/
-find build/context -name __pycache__ -prune -exec rm -rf {} +
-previous=$(docker image inspect -f '{{.Id}}' "$TAG" 2>/dev/null || true)
-docker build -q --network host -f docker/Dockerfile -t "$TAG" \
-  --build-arg BASE_IMAGE="$BASE" --build-arg EXTRAS="$EXTRAS" --build-arg WHEELHOUSE="http://127.0.0.1:$PORT/" \
-  --build-arg KDPIPE_IMAGE="$TAG" --build-arg KDPIPE_GIT_SHA="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
-  build/context >/dev/null
-if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$TAG")" ]; then
-  docker rmi "$previous" >/dev/null 2>&1 || true  # the build this one replaces (kept if a container uses it)
-fi
-size=$(docker image inspect -f '{{.Size}}' "$TAG")
-echo "built $TAG from $BASE: $((size / 1000000)) MB, $(( $(date +%s) - started )) s"
+
+# build KIND DOCKERFILE: one image from a small build context holding only what its Dockerfile copies.
+build() {
+  local kind=$1 dockerfile=$2 tag="$REPO:$VERSION-$1" began previous size
+  began=$(date +%s)
+  rm -rf build/context
+  mkdir -p build/context/scripts build/context/docker
+  cp -a pyproject.toml constraints.txt README.md src build/context/  # -a: mtimes kept, so an unchanged rebuild is a cache hit
+  cp -a scripts/install.sh build/context/scripts/
+  cp -a docker/serve-requirements.txt build/context/docker/
+  find build/context -name __pycache__ -prune -exec rm -rf {} +
+  previous=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
+  docker build -q --network host -f "$dockerfile" -t "$tag" \
+    --build-arg BASE_IMAGE="$BASE" --build-arg EXTRAS="$EXTRAS" --build-arg WHEELHOUSE="http://127.0.0.1:$PORT/" \
+    --build-arg KDPIPE_IMAGE="$tag" --build-arg KDPIPE_GIT_SHA="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+    build/context >/dev/null
+  if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]; then
+    docker rmi "$previous" >/dev/null 2>&1 || true  # the build this one replaces (kept if a container uses it)
+  fi
+  size=$(docker image inspect -f '{{.Size}}' "$tag")
+  echo "built $tag from $BASE: $((size / 1000000)) MB, $(( $(date +%s) - began )) s"
+}
+for kind in $IMAGES; do
+  case $kind in
+    cpu) build cpu docker/Dockerfile ;;
+    serve) build serve docker/Dockerfile.serve ;;
+    *) echo "build-images: unknown image $kind (cpu, serve)" >&2; exit 2 ;;
+  esac
+done
+echo "build-images: done in $(( $(date +%s) - started )) s"

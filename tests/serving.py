@@ -23,29 +23,37 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(model_uri: str, tracking_uri: str, log: Path, timeout_s: float = 180):
-    """The model served as a user serves it: `mlflow models serve -m URI --env-manager local`."""
+def served(model_uri: str, tracking_uri: str, log: Path, timeout_s: float = 180, env: dict | None = None):
+    """The model served as a user serves it: `mlflow models serve -m URI --env-manager local` (`env`: more
+    variables, e.g. SERVING_MODEL_CONFIG)."""
     port, bin_dir = free_port(), Path(sys.executable).parent
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+           **(env or {})}
     with open(log, "w") as out:
         proc = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
                                  "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert proc.poll() is None, f"mlflow models serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(url + "/ping", timeout=2).status == 200:
-                    break
-            assert time.monotonic() < deadline, f"not serving after {timeout_s} s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield url
+        def why() -> str:
+            return f"mlflow models serve exited {proc.returncode}" if proc.poll() is not None else ""
+
+        yield wait_until_serving(f"http://127.0.0.1:{port}", lambda: log.read_text()[-3000:], timeout_s, why)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def wait_until_serving(url: str, output, timeout_s: float = 180, exited=lambda: "") -> str:
+    """url once its /ping answers; fails with the server's output (`output()`) if it exits or never answers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert not exited(), f"{exited()}:\n{output()}"
+        with contextlib.suppress(OSError):
+            if urllib.request.urlopen(url + "/ping", timeout=2).status == 200:
+                return url
+        assert time.monotonic() < deadline, f"not serving after {timeout_s} s:\n{output()}"
+        time.sleep(0.25)
 
 
 def invoke(url: str, texts: list[str]) -> list[dict]:

@@ -10,7 +10,7 @@ import yaml
 
 from kdpipe_kfp.cli import main
 from tests.conftest import parent_and_children, registered_versions, run_in_terminal, screen_lines
-from tests.serving import assert_served_as_predicted, served
+from tests.serving import assert_served_as_predicted, invoke, served
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -226,6 +226,42 @@ def test_gate_passes_exports_and_registers(tiny_run, first_champion, capsys, mon
 
 
 @pytest.fixture(scope="module")
+def request_log(tiny_run, first_champion, shared_data):
+    """The champion served with its request log on, set as a deployment sets it (SERVING_MODEL_CONFIG), and 100
+    texts of SST-2's unlabelled test split sent to it in 4 requests: (log path, texts, answers)."""
+    import time
+
+    log, uri = tiny_run / "served" / "requests.jsonl", f"sqlite:///{tiny_run}/mlflow.db"
+    texts = [line.split("\t")[1] for line in (shared_data / "sst2/test.tsv").read_text().splitlines()[1:101]]
+    config = json.dumps({"log_requests": str(log), "log_sample_rate": 1.0})
+    log.parent.mkdir()
+    with served("models:/passing@champion", uri, tiny_run / "serve-logged.log",
+                env={"SERVING_MODEL_CONFIG": config}) as url:
+        answers = [row for start in range(0, 100, 25) for row in invoke(url, texts[start:start + 25])]
+        deadline = time.monotonic() + 30  # written off the request path, within the log's flush interval
+        while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 100):
+            time.sleep(0.2)
+    return log, texts, answers
+
+
+def test_the_served_model_logs_requests_readable_as_unlabeled_data(tiny_run, first_champion, request_log):
+    """Every request's text, labels, scores, model version and time, one JSON line each (sampling 1.0), under the
+    training data's text column; data.unlabeled reads the file as it is (the HPO run below distils on it)."""
+    from kdpipe.config import load_config
+    from kdpipe.data import read_unlabeled
+
+    log, texts, answers = request_log
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == 100 and [r["sentence"] for r in rows] == texts
+    assert [(r["labels"], r["scores"]) for r in rows] == [(a["labels"], a["scores"]) for a in answers]
+    version = first_champion[1]["registry"]["version"]
+    assert {(r["model_version"], r["variant"]) for r in rows} == {(f"passing/{version}", first_champion[1]["onnx"]["served"])}
+    assert all(r["model_id"].startswith("m-") and r["time"].endswith("+00:00") for r in rows)
+    cfg = load_config(tiny_run / "config.yaml", [f"data.unlabeled={log}"])
+    assert read_unlabeled(cfg.data, set()) == (texts, 0)
+
+
+@pytest.fixture(scope="module")
 def unchanged_rerun(tiny_run, first_champion):
     """The first champion's run again, same config and data: (exit code, summary, printed, versions before/after)."""
     import contextlib
@@ -266,9 +302,10 @@ def test_an_unchanged_rerun_ends_unchanged_and_force_reaches_the_pipeline(tiny_r
 
 
 @pytest.fixture(scope="module")
-def new_data_run(tiny_run, first_champion, shared_data):
-    """A second run on other data (other training rows; a labelled data.test), with HPO, registering to the same
-    model as the first champion: (exit code, summary, printed, the test rows' dev.tsv lines)."""
+def new_data_run(tiny_run, first_champion, shared_data, request_log):
+    """A second run on other data (other training rows; a labelled data.test; the served champion's request log as
+    data.unlabeled), with HPO, registering to the same model as the first champion: (exit code, summary, printed,
+    the test rows' dev.tsv lines)."""
     import contextlib
     import io
 
@@ -288,7 +325,8 @@ def new_data_run(tiny_run, first_champion, shared_data):
                      "--set", f"hpo.storage=journal:{out}/optuna.log", "--set", f"hpo.space={space}",
                      "--set", "hpo.reuse_best_model=true", "--set", "tracking.registered_model=passing",
                      "--set", "teacher.shards=2",
-                     "--set", f"data.train={new_data / 'train.tsv'}", "--set", f"data.test={new_data / 'test.tsv'}"])
+                     "--set", f"data.train={new_data / 'train.tsv'}", "--set", f"data.test={new_data / 'test.tsv'}",
+                     "--set", f"data.unlabeled={request_log[0]}"])
     return code, json.loads((out / "summary.json").read_text()), printed.getvalue(), dev[121:241]
 
 
@@ -331,6 +369,9 @@ def test_hpo_on_new_data_judged_on_labelled_test_against_the_champion_rescored(t
     import mlflow
     shipped = mlflow.artifacts.load_dict(f"runs:/{distill.info.run_id}/result.json")
     assert shipped["reused_trial_model"] is True and "train_runtime_s" not in shipped
+    # The served champion's request log, read as it is, joined the transfer set the teacher labelled.
+    prepared = mlflow.artifacts.load_dict(f"runs:/{children['preprocess'].info.run_id}/result.json")
+    assert prepared["transfer"] == {"unlabeled": 100, "unlabeled_dropped_in_eval": 0}
     # Held out: the gate judged data.test, and so did the teacher's number it compares with.
     gate = summary["gate"]
     assert gate["split"] == summary["student"]["split"] == summary["teacher"]["split"] == "test" and gate["rows"] == 120

@@ -373,6 +373,26 @@ class ExportConfig(_Section):
     latency_runs: int = Field(20, ge=1, description="timed runs per latency figure (median reported)")
 
 
+class ServingConfig(_Section):
+    """What the registered model does when served (`mlflow models serve`, KServe): recorded in its model_config,
+    and changed per deployment without retraining (`SERVING_MODEL_CONFIG`, `kdpipe deploy --log-requests`). Not
+    part of the config hash."""
+
+    log_requests: str | None = Field(None, description="record a sample of served requests (text, labels, scores, "
+                                                       "model version, time) as JSON lines: a file (appended), a "
+                                                       "folder ending in `/` or an object-store URL "
+                                                       "(`s3://bucket/logs/`: part files). Written off the request "
+                                                       "path; a failing target loses rows, never a request. "
+                                                       "Readable as `data.unlabeled` as they are")
+    log_sample_rate: float = Field(1.0, ge=0, le=1, description="the fraction of served texts recorded")
+
+    @field_validator("log_requests")
+    @classmethod
+    def _no_secrets(cls, v: str | None) -> str | None:
+        return v and _no_password_in(v, "serving.log_requests", "object-store credentials come from the "
+                                                                "environment (a Kubernetes Secret)")
+
+
 def _no_password_in(url: str, key: str, instead: str) -> str:
     """Secrets never live in the config (it is logged to MLflow and passed as a pipeline parameter)."""
     if urlsplit(url).password:
@@ -503,6 +523,7 @@ class Config(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     hpo: HPOConfig = Field(default_factory=HPOConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     trust_remote_code: bool = Field(False, description="allow models/tokenizers that run their own code from the "
                                                        "Hub. Off unless you set it")
     output_dir: str = Field("kdpipe-runs", description="where `kdpipe run` puts the KFP pipeline root and "
@@ -534,6 +555,7 @@ class Config(_Section):
         settings = self.to_dict()
         settings["tracking"].pop("tags")
         settings.pop("output_dir", None)  # where a local run writes its files
+        settings.pop("serving")  # how the model is served, changed per deployment
         for key in TeacherConfig.NOT_DECIDING:
             settings["teacher"].pop(key)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

@@ -99,8 +99,11 @@ def _check_header(path: str, names: list[str]) -> None:
 
 
 def read_table(path: str, cfg: DataConfig, key: str = "data file"):
-    """One data file as a datasets.Dataset: a local path, or a URL (s3://, gs://, hf://, https://) fetched first.
-    Every message names the file as configured."""
+    """One data file as a datasets.Dataset: a local path, or a URL (s3://, gs://, hf://, https://) fetched first;
+    or a folder of such files in one format (a path or URL ending in `/`, or a local directory: request-log parts),
+    read as one table. Every message names the file as configured."""
+    if path.endswith("/") or (not is_url(path) and Path(path).is_dir()):
+        return _read_folder(path, cfg, key)
     if not is_url(path):
         return _read_local_table(path, cfg)
     local = fetch_file(path, key)
@@ -108,6 +111,36 @@ def read_table(path: str, cfg: DataConfig, key: str = "data file"):
         return _read_local_table(local, cfg)
     except DataError as e:
         raise DataError(str(e).replace(local, path)) from None
+
+
+def _read_folder(path: str, cfg: DataConfig, key: str):
+    import datasets
+
+    known = (".csv", ".tsv", ".txt", ".jsonl", ".json", ".parquet")
+    if is_url(path):
+        from kdpipe.sources import explain, filesystem
+
+        fs, root = filesystem(path, key)
+        try:
+            names = [fs.unstrip_protocol(n) for n in fs.ls(root, detail=False)]
+        except Exception as e:  # noqa: BLE001 (every object-store failure becomes one line naming the key and URL)
+            raise DataError(f"{key} {path}: {explain(e)}") from None
+    else:
+        if not Path(path).is_dir():
+            raise DataError(f"{key} {path}: folder not found")
+        names = [str(p) for p in Path(path).iterdir() if p.is_file()]
+    files = sorted(n for n in names if n.lower().endswith(known) and not Path(n).name.startswith("."))
+    if not files:
+        raise DataError(f"{key} {path}: a folder without data files ({', '.join(known)}); name a file or a folder "
+                        f"that holds some")
+    if len({_file_format(f, cfg.format) for f in files}) > 1:
+        raise DataError(f"{key} {path}: its files are in more than one format ({', '.join(Path(f).name for f in files[:5])}"
+                        f"...); keep one format per folder")
+    import pyarrow as pa
+
+    # Arrow unifies what the files' type inference left apart (a column null in one part, strings in another).
+    tables = [read_table(f, cfg, key).data.table for f in files]
+    return datasets.Dataset(pa.concat_tables(tables, promote_options="permissive"))
 
 
 def _read_local_table(path: str, cfg: DataConfig):

@@ -117,7 +117,9 @@ def register_onnx(cfg, onnx_dir: str | Path, gate: dict, example_texts: list[str
     settle_undecided(client, name)  # versions a killed run left half-registered (none for a new model)
     mlflow.set_tag("kdpipe.gate_metric", gate.metric)
     mlflow.log_metric("gate_metric_value", gate.value)
-    info = log_text_model(onnx_dir, name, example_texts)
+    serving = {"log_requests": cfg.serving.log_requests, "log_sample_rate": cfg.serving.log_sample_rate,
+               "log_text_column": cfg.data.text_column}
+    info = log_text_model(onnx_dir, name, example_texts, serving)
     version = str(info.registered_model_version)
     try:
         client.set_registered_model_alias(name, "challenger", version)

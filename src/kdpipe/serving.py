@@ -1,6 +1,7 @@
 """The shipped model: the verified ONNX file(s) and the tokenizer, text in, labels and scores out. `OnnxClassifier`
 is what `kdpipe predict` runs and what the registered MLflow model (kdpipe.pyfunc) wraps. Light on purpose (numpy,
-onnxruntime, a tokenizer: no torch, no mlflow)."""
+onnxruntime, the tokenizers library: no torch, no transformers, no mlflow), so the serving image stays small and
+starts fast."""
 
 from __future__ import annotations
 
@@ -12,6 +13,50 @@ import numpy as np
 from kdpipe.artifacts import Export
 from kdpipe.errors import ExportError
 from kdpipe.task import LabelSchema
+
+
+class TextEncoder:
+    """The export's fast tokenizer (tokenizer.json) run by the `tokenizers` library itself: the ids, attention mask
+    and token types Transformers' `tokenizer(texts, truncation=True, max_length=L, padding=True)` gives, without
+    importing Transformers (seconds of cold start, and a dependency the serving image does without)."""
+
+    def __init__(self, folder: Path, max_length: int):
+        from tokenizers import Tokenizer
+
+        settings = json.loads((folder / "tokenizer_config.json").read_text()) \
+            if (folder / "tokenizer_config.json").is_file() else {}
+        pad = settings.get("pad_token") or "[PAD]"
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        pad_id = self.tokenizer.token_to_id(pad)
+        if pad_id is None:
+            raise ValueError(f"its pad token {pad!r} is not in tokenizer.json's vocabulary")
+        self.tokenizer.enable_truncation(max_length, direction=settings.get("truncation_side", "right"))
+        self.tokenizer.enable_padding(direction=settings.get("padding_side", "right"), pad_id=pad_id, pad_token=pad,
+                                      pad_type_id=int(settings.get("pad_token_type_id", 0)))
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encodings = self.tokenizer.encode_batch(texts)
+        return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+
+
+class TransformersEncoder:
+    """A tokenizer without tokenizer.json (a slow, sentencepiece-only one): Transformers loads it."""
+
+    def __init__(self, folder: Path, max_length: int):
+        from transformers import AutoTokenizer
+
+        self.tokenizer, self.max_length = AutoTokenizer.from_pretrained(str(folder)), max_length
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="np")
+        return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+
+
+def encoder(folder: Path, max_length: int):
+    return (TextEncoder if (folder / "tokenizer.json").is_file() else TransformersEncoder)(folder, max_length)
 
 
 def session(path: Path):
@@ -26,8 +71,6 @@ class OnnxClassifier:
     folder serves (Export.served: int8 when it passed its export checks)."""
 
     def __init__(self, model_dir: str | Path, variant: str | None = None):
-        from transformers import AutoTokenizer
-
         model_dir = Path(model_dir)
         path = Export(model_dir).model(variant) if model_dir.is_dir() else model_dir
         self.variant = "int8" if path.name == Export.INT8 else "fp32"
@@ -50,19 +93,19 @@ class OnnxClassifier:
                           else float(meta.get("threshold", 0.5)))
         self.max_length = int(meta.get("max_length", 512))
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path.parent))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ExportError(f"{path.parent}: no usable tokenizer files beside the model ({type(e).__name__}); the "
-                              f"export step writes them there") from None
+            self.encode = encoder(path.parent, self.max_length)
+        except Exception as e:  # noqa: BLE001 (tokenizers raises a plain Exception for a bad tokenizer.json)
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise ExportError(f"{path.parent}: no usable tokenizer files beside the model ({type(e).__name__}: "
+                              f"{first}); the export step writes them there") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def run(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """(logits, scores) for each text, in batches."""
         logits, scores = [], []
         for start in range(0, len(texts), batch_size):
-            enc = self.tokenizer(texts[start:start + batch_size], truncation=True, max_length=self.max_length,
-                                 padding=True, return_tensors="np")
-            out = self.session.run(["logits", "probabilities"], {k: enc[k].astype(np.int64) for k in self.inputs})
+            enc = self.encode(texts[start:start + batch_size])
+            out = self.session.run(["logits", "probabilities"], {k: enc[k] for k in self.inputs})
             logits.append(out[0])
             scores.append(out[1])
         width = self.schema.num_labels

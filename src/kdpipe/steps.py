@@ -44,7 +44,7 @@ def preprocess(ctx: StepContext, dataset_dir: str, force: bool = False) -> dict:
               "problem_type": info["schema"]["problem_type"], "fingerprint": info["fingerprints"]["train"],
               "train_tokens_mean": info["train_tokens_mean"],
               "train_truncated_fraction": info["train_truncated_fraction"], "changed": unchanged is None,
-              "forced": force}
+              "forced": force, "transfer": info["transfer"]}  # data.unlabeled rows used, dropped; augmented
     if unchanged:
         result["unchanged"] = unchanged
     return result

@@ -84,12 +84,14 @@ def _tracking_uri(args) -> str:
 
 
 def cmd_promote(args) -> int:
+    from kdpipe.deploy import rollout_hint
     from kdpipe.registry import promote
 
     uri = _tracking_uri(args)
     moved = promote(uri, args.name, args.version, f"kdpipe promote: {args.reason}", force=args.force)
     print(f"{args.name}: champion v{moved['champion']} (was {'v' + moved['previous'] if moved['previous'] else 'none'})")
     _print_settled(args.name, moved)
+    print(rollout_hint(args.name))
     if args.push_to_hub:
         from kdpipe.model_card import push_registered
 
@@ -97,12 +99,50 @@ def cmd_promote(args) -> int:
     return EXIT_OK
 
 
+def cmd_deploy(args) -> int:
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from kdpipe.deploy import IMAGE, TRACKING_URI, render
+    from kdpipe.errors import ConfigError
+    from kdpipe.registry import current_champion
+    from kdpipe.sources import is_url
+
+    client = MlflowClient(_tracking_uri(args))
+    champion = current_champion(client, args.name)
+    if champion is None:
+        raise ConfigError(f"{args.name}: no champion version in the registry; nothing to deploy")
+    challenger = None
+    if args.canary:
+        challenger = args.challenger or client.get_model_version_by_alias(args.name, "challenger").version
+    serving = {}
+    if args.log_requests:
+        serving = {"log_requests": args.log_requests, "log_sample_rate": args.log_sample_rate}
+    env = dict(item.split("=", 1) for item in args.env or [] if "=" in item)
+    if len(env) != len(args.env or []) or any(w in k.upper() for k in env for w in ("SECRET", "PASSWORD", "TOKEN")):
+        raise ConfigError(f"--env {' '.join(args.env)}: KEY=VALUE pairs, and no secrets (credentials come from "
+                          f"Kubernetes Secrets, as k8s/base defines them)")
+    docs = render(args.name, champion, challenger, args.canary or 0, args.namespace, image=args.image or IMAGE,
+                  tracking_uri=args.serving_tracking_uri or TRACKING_URI, serving_config=serving, env=env,
+                  object_store_secret=bool(args.log_requests and is_url(args.log_requests)))
+    text = yaml.safe_dump_all(docs, sort_keys=False)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    served = f"v{champion}" + (f" ({100 - args.canary}%), challenger v{challenger} ({args.canary}%)" if challenger else "")
+    print(f"{args.name}: champion {served}; apply with kubectl apply -f {args.output or '-'}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_rollback(args) -> int:
+    from kdpipe.deploy import rollout_hint
     from kdpipe.registry import rollback
 
     moved = rollback(_tracking_uri(args), args.name, args.reason)
     print(f"{args.name}: champion back to v{moved['champion']} (was v{moved['previous']})")
     _print_settled(args.name, moved)
+    print(rollout_hint(args.name))
     return EXIT_OK
 
 
@@ -364,6 +404,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "(token from HF_TOKEN)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("deploy", help="the KServe manifest serving a registered model's champion (and, with "
+                                      "--canary, its challenger on a share of the traffic), pinned to versions")
+    p.add_argument("name", help="registered model name")
+    p.add_argument("--canary", type=int, metavar="PCT", help="send PCT%% of requests to the challenger (1..99)")
+    p.add_argument("--challenger", metavar="VERSION", help="the canary's version (default: the challenger alias)")
+    p.add_argument("--namespace", default="kdpipe")
+    p.add_argument("--image", help="the serving image (default: ghcr.io/kdpipe/kdpipe:<version>-serve)")
+    p.add_argument("--serving-tracking-uri", help="the MLflow server the predictors read the model from (default: "
+                                                  "k8s/base's, http://kdpipe-mlflow.kdpipe.svc.cluster.local:5000)")
+    p.add_argument("--log-requests", metavar="URL", help="record a sample of requests there (s3://bucket/prefix/, "
+                                                        "or a path on a mounted volume); see serving.log_requests")
+    p.add_argument("--log-sample-rate", type=float, default=1.0, help="the fraction of requests recorded")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE", help="more environment for the predictors (e.g. "
+                                                                       "AWS_ENDPOINT_URL); never a secret")
+    p.add_argument("-o", "--output", help="write the manifest there (default: stdout)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI to read the registry (default: $MLFLOW_TRACKING_URI)")
+    p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("rollback", help="the champion goes back to the version it replaced")
     p.add_argument("name", help="registered model name")
