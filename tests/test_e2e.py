@@ -36,7 +36,7 @@ def test_sst2_minilm_to_two_layers(tmp_path, shared_data, minilm_path):
         "student": {"layers": [0, 5]},
         "data": {"train": str(shared_data / "sst2/train.tsv"), "validation": str(shared_data / "sst2/dev.tsv"),
                  "text_column": "sentence", "max_length": 64, "max_train_samples": 3000},
-        "distillation": {"alpha": 0.3, "temperature": 4.0, "epochs": 2, "learning_rate": 1e-4, "batch_size": 32},
+        "distillation": {"alpha": 0.3, "temperature": 4.0, "epochs": 1, "learning_rate": 1e-4, "batch_size": 32},
         "export": {"latency_runs": 3},
     })
     schema, teval, student, exported = run_chain(cfg, tmp_path)
