@@ -96,7 +96,8 @@ def test_each_component_runs_alone_on_its_declared_inputs(store):
                  student_latency_ms=student["latency_ms_b1"], **common)
     decision = json.loads(gate["decision_json"])
     assert gate["Output"] is True and decision["passed"] is True and decision["metric"] == "accuracy"
-    s.run(export_register, student_in, decision_json=gate["decision_json"], **common)
+    s.run(export_register, {**student_in, "teacher_logits": (Artifact, "evaluate-teacher.teacher_logits")},
+          decision_json=gate["decision_json"], **common)
     assert (s.root / "store" / "export-register.onnx_model" / "model.onnx").is_file()
     # Every step tracked under one parent run; the model registered from the export step's run.
     client = MlflowClient(f"sqlite:///{s.root}/mlflow.db")

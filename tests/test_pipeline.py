@@ -11,6 +11,7 @@ import yaml
 from kdpipe_kfp.cli import main
 from tests.conftest import parent_and_children, registered_versions, run_in_terminal, screen_lines
 from tests.serving import assert_served_as_predicted, invoke, served
+from tests.test_request_log import closed_port
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -259,6 +260,46 @@ def test_the_served_model_logs_requests_readable_as_unlabeled_data(tiny_run, fir
     assert all(r["model_id"].startswith("m-") and r["time"].endswith("+00:00") for r in rows)
     cfg = load_config(tiny_run / "config.yaml", [f"data.unlabeled={log}"])
     assert read_unlabeled(cfg.data, set()) == (texts, 0)
+
+
+def test_drift_of_the_champion_on_its_request_log(tiny_run, first_champion, request_log, capsys, monkeypatch):
+    """`kdpipe drift CONFIG --texts LOG`: the champion (its served variant) and its teacher on the texts it served,
+    against the baseline registered with it (the same profile on the gate's rows); an MLflow run holds the figures
+    and the report. Bad recent-text files end in one line naming them, exit 2, and no drift run."""
+    from mlflow.tracking import MlflowClient
+
+    from kdpipe.registry import DRIFT_BASELINE_TAG
+
+    client = MlflowClient(f"sqlite:///{tiny_run}/mlflow.db")
+    version = first_champion[1]["registry"]["version"]
+    baseline = json.loads(client.get_model_version("passing", version).tags[DRIFT_BASELINE_TAG])
+    assert baseline["rows"] == first_champion[1]["gate"]["rows"] and 0 <= baseline["agreement"] <= 1
+    assert sum(baseline["shares"]) == pytest.approx(1) and len(baseline["shares"]) == len(baseline["edges"]) + 1
+    config = [str(tiny_run / "config.yaml"), *CHAMPION_RUN]
+    capsys.readouterr()
+    assert main(["drift", *config[:1], "--set", "tracking.registered_model=passing", "--texts", str(request_log[0]),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["rows"] == 100 and result["champion_version"] == version and result["teacher"].startswith("models:/")
+    assert result["agreement_then"] == baseline["agreement"] and 0 <= result["agreement_now"] <= 1
+    assert result["drifted"] == bool(result["reasons"]) and result["psi"] >= 0
+    [run] = client.search_runs([client.get_experiment_by_name("pipeline-test").experiment_id],
+                               "tags.`kdpipe.role` = 'drift'")
+    assert run.data.metrics["psi"] == pytest.approx(result["psi"]) and run.data.params["rows"] == "100"
+    report = Path(client.download_artifacts(run.info.run_id, "drift.md", str(tiny_run))).read_text()
+    assert f"champion v{version}" in report and "agreement with the teacher" in report
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")  # an object store nobody answers at
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    (tiny_run / "empty.jsonl").write_text("")
+    (tiny_run / "other.csv").write_text("review\na fine film\n")
+    for texts, says in ((tiny_run / "empty.jsonl", "empty.jsonl"), (tiny_run / "other.csv", "column(s) ['sentence']"),
+                        ("s3://nowhere-bucket/recent.jsonl", "s3://nowhere-bucket/recent.jsonl")):
+        assert main(["drift", *config[:1], "--set", "tracking.registered_model=passing", "--texts", str(texts)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
+    assert len(client.search_runs([run.info.experiment_id], "tags.`kdpipe.role` = 'drift'")) == 1
 
 
 @pytest.fixture(scope="module")

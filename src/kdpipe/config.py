@@ -393,6 +393,18 @@ class ServingConfig(_Section):
                                                                 "environment (a Kubernetes Secret)")
 
 
+class DriftConfig(_Section):
+    """`kdpipe drift`: the champion against its teacher on recent texts without labels, compared with the same
+    figures on the gate's rows when it was registered. Not part of the config hash."""
+
+    sample: int = Field(10_000, ge=1, description="recent texts drawn (seeded) from the file or log given")
+    max_disagreement_increase: float = Field(0.05, ge=0, le=1,
+                                             description="drift when the champion disagrees with its teacher this "
+                                                         "much more often (a fraction of rows) than at registration")
+    max_psi: float | None = Field(0.25, ge=0, description="drift also when the population stability index of the "
+                                                          "champion's top score exceeds this (null: not used)")
+
+
 def _no_password_in(url: str, key: str, instead: str) -> str:
     """Secrets never live in the config (it is logged to MLflow and passed as a pipeline parameter)."""
     if urlsplit(url).password:
@@ -524,6 +536,7 @@ class Config(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     hpo: HPOConfig = Field(default_factory=HPOConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     trust_remote_code: bool = Field(False, description="allow models/tokenizers that run their own code from the "
                                                        "Hub. Off unless you set it")
     output_dir: str = Field("kdpipe-runs", description="where `kdpipe run` puts the KFP pipeline root and "
@@ -556,6 +569,7 @@ class Config(_Section):
         settings["tracking"].pop("tags")
         settings.pop("output_dir", None)  # where a local run writes its files
         settings.pop("serving")  # how the model is served, changed per deployment
+        settings.pop("drift")  # when to retrain, not what
         for key in TeacherConfig.NOT_DECIDING:
             settings["teacher"].pop(key)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

@@ -4,6 +4,7 @@ when it beats the current one), moved by compare-and-set so that racing runs lea
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 from kdpipe.tracking import client_for, mlflow_client
@@ -104,10 +105,12 @@ def settle_undecided(client, name: str) -> dict[str, str]:
     return settled
 
 
-def register_onnx(cfg, onnx_dir: str | Path, gate: dict, example_texts: list[str], rejudge, card: str = "") -> dict:
+def register_onnx(cfg, onnx_dir: str | Path, gate: dict, example_texts: list[str], rejudge, card: str = "",
+                  drift_baseline: dict | None = None) -> dict:
     """Log the exported model as a text-in MLflow pyfunc (kdpipe.pyfunc: ONNX files and tokenizer as its artifact)
-    into the active run, register a version, alias it `challenger` (and `champion` when the gate says so).
-    A failure part-way deletes the new version: nothing half-registered is left."""
+    into the active run, register a version, alias it `challenger` (and `champion` when the gate says so), with
+    its drift baseline as the version's tag kdpipe.drift_baseline. A failure part-way deletes the new version:
+    nothing half-registered is left."""
     import mlflow
 
     from kdpipe.pyfunc import log_text_model
@@ -124,6 +127,8 @@ def register_onnx(cfg, onnx_dir: str | Path, gate: dict, example_texts: list[str
     try:
         client.set_registered_model_alias(name, "challenger", version)
         client.set_model_version_tag(name, version, "kdpipe.gate", "passed")
+        if drift_baseline:
+            client.set_model_version_tag(name, version, DRIFT_BASELINE_TAG, json.dumps(drift_baseline))
         if card:
             client.update_model_version(name, version, description=card)  # the model card, in the registry's UI
         decision = take_champion_if_better(cfg, version, gate, rejudge)
@@ -138,6 +143,7 @@ def register_onnx(cfg, onnx_dir: str | Path, gate: dict, example_texts: list[str
 PREVIOUS_TAG, REASON_TAG = "kdpipe.previous_champion", "kdpipe.champion_reason"
 # Tagged last when a run registers a version: champion | challenger (| abandoned, by settle_undecided), and why.
 DECISION_TAG, DECISION_REASON_TAG = "kdpipe.decision", "kdpipe.decision_reason"
+DRIFT_BASELINE_TAG = "kdpipe.drift_baseline"  # kdpipe.drift.profile of the served model on the gate's rows
 
 
 def set_champion(client, name: str, version: str, previous: str | None, reason: str) -> None:

@@ -249,11 +249,15 @@ def _gate_notes(cfg, split: str, thresholds) -> list[str]:
 
 
 @tracked_step()
-def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, gate: GateDecision, onnx_dir: str) -> dict:
+def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_logits_dir: str, gate: GateDecision,
+                    onnx_dir: str) -> dict:
     """Only reached when the gate passed: export + verify the ONNX model, then register it with its aliases (the
-    champion judged again, on the gate's rows, if another run moved the alias meanwhile)."""
-    from kdpipe.artifacts import Export, Student, load_prepared
+    champion judged again, on the gate's rows, if another run moved the alias meanwhile) and its drift baseline
+    (the served variant against the teacher on the gate's rows: what `kdpipe drift` compares recent text with)."""
+    from kdpipe.artifacts import Export, Student, load_prepared, teacher_logits
     from kdpipe.champion import judge_champion
+    from kdpipe.drift import profile
+    from kdpipe.serving import OnnxClassifier
     from kdpipe.export import export_onnx
     from kdpipe.model_card import model_card
     from kdpipe.registry import register_onnx
@@ -277,7 +281,11 @@ def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, gate: 
     card = model_card(cfg, prep.info, gate, exported)
     Export(onnx_dir).card.write_text(card)  # travels in the model's folder (and to the Hub)
     examples = prep.dataset["validation"]["text"][:2]
-    exported["registry"] = register_onnx(cfg, onnx_dir, gate, examples, rejudge, card)
+    served = OnnxClassifier(onnx_dir)
+    teachers = teacher_logits(teacher_logits_dir).load(prep.eval_split, prep.fingerprint(prep.eval_split))
+    exported["drift_baseline"] = profile(served.run(list(rows["text"]))[1], prep.schema.scores(teachers), prep.schema,
+                                         served.threshold, cfg.metrics.threshold)
+    exported["registry"] = register_onnx(cfg, onnx_dir, gate, examples, rejudge, card, exported["drift_baseline"])
     log_model_metrics(cfg, exported["registry"]["model_id"], gate, prep.info)
     return exported
 

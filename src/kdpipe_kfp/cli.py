@@ -135,6 +135,24 @@ def cmd_deploy(args) -> int:
     return EXIT_OK
 
 
+def cmd_drift(args) -> int:
+    from kdpipe.config import load_config
+    from kdpipe.drift_check import check_drift
+
+    cfg = load_config(args.config, args.set)
+    result = check_drift(cfg, args.texts, args.sample)
+    if args.json:
+        print(json.dumps(result, default=str))
+        return EXIT_OK
+    print(f"{cfg.tracking.registered_model} v{result['champion_version']}: "
+          f"{'DRIFT' if result['drifted'] else 'no drift'} on {result['rows']} recent texts ({result['seconds']['total']:.1f} s)")
+    print(f"  agreement with the teacher {result['agreement_now']:.4f} (at registration {result['agreement_then']:.4f}); "
+          f"top-score PSI {result['psi']:.4f}")
+    for reason in result["reasons"]:
+        print(f"  - {reason}")
+    return EXIT_OK
+
+
 def cmd_rollback(args) -> int:
     from kdpipe.deploy import rollout_hint
     from kdpipe.registry import rollback
@@ -422,6 +440,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the manifest there (default: stdout)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI to read the registry (default: $MLFLOW_TRACKING_URI)")
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("drift", help="the champion against its teacher on recent texts without labels (a request log, "
+                                     "any file of texts), compared with its registration baseline")
+    p.add_argument("config", help="the pipeline's YAML config (its registered model, tracking, text column)")
+    p.add_argument("--texts", required=True, help="recent texts: a file, a folder of request-log parts, or a URL")
+    p.add_argument("--sample", type=int, help="texts drawn (default drift.sample)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--json", action="store_true", help="the figures as one JSON object")
+    p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("rollback", help="the champion goes back to the version it replaced")
     p.add_argument("name", help="registered model name")

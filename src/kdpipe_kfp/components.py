@@ -184,11 +184,12 @@ def evaluate_gate(config_json: str, pipeline_run: str, dataset: Input[Dataset], 
 
 @step_component(retries=1, backoff="30s")
 def export_register(config_json: str, pipeline_run: str, dataset: Input[Dataset], student: Input[Model],
-                    decision_json: str, onnx_model: Output[Model], metrics: Output[Metrics]):
+                    teacher_logits: Input[Artifact], decision_json: str, onnx_model: Output[Model],
+                    metrics: Output[Metrics]):
     from kdpipe.gate import GateDecision
     from kdpipe_kfp.executor import run_step
 
-    result = run_step("export_register", config_json, pipeline_run, dataset.path, student.path,
+    result = run_step("export_register", config_json, pipeline_run, dataset.path, student.path, teacher_logits.path,
                       GateDecision.from_json(decision_json), onnx_model.path, metrics=metrics)
     onnx_model.metadata.update({"registered_model": result["registry"]["registered_model"],
                                 "version": result["registry"]["version"], "framework": "onnx"})

@@ -120,7 +120,7 @@ def make_pipeline(placement: Placement = Placement(), secret: str = "kdpipe-mlfl
                             student_latency_ms=student.outputs["latency_ms_b1"])
                 with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
                     step(export_register, dataset=dataset, student=student.outputs["student"],
-                         decision_json=gate.outputs["decision_json"])
+                         teacher_logits=logits, decision_json=gate.outputs["decision_json"])
 
     return kdpipe
 
