@@ -75,6 +75,7 @@ def check_drift(cfg, texts_ref: str, sample: int | None = None) -> dict:
     from kdpipe.tracking import mlflow_client
 
     client = mlflow_client(cfg)
+    mlflow.set_tracking_uri(cfg.tracking.uri)  # the registry the champion is loaded from: the config's
     version, baseline, teacher = champion_and_teacher(cfg, client)
     began = time.perf_counter()
     texts = recent_texts(cfg, texts_ref, sample or cfg.drift.sample)
@@ -89,7 +90,6 @@ def check_drift(cfg, texts_ref: str, sample: int | None = None) -> dict:
               "champion_version": version, "teacher": teacher, "texts": texts_ref,
               "seconds": {"read": round(read_s, 2), "champion": round(champion_s, 2), "teacher": round(teacher_s, 2),
                           "total": round(time.perf_counter() - began, 2)}}
-    mlflow.set_tracking_uri(cfg.tracking.uri)
     mlflow.set_experiment(cfg.tracking.experiment)
     with mlflow.start_run(run_name=f"drift v{version}", tags={"kdpipe.role": DRIFT_ROLE,
                                                               "kdpipe.drifted": str(result["drifted"]).lower(),
