@@ -275,10 +275,9 @@ def test_drift_of_the_champion_on_its_request_log(tiny_run, first_champion, requ
     baseline = json.loads(client.get_model_version("passing", version).tags[DRIFT_BASELINE_TAG])
     assert baseline["rows"] == first_champion[1]["gate"]["rows"] and 0 <= baseline["agreement"] <= 1
     assert sum(baseline["shares"]) == pytest.approx(1) and len(baseline["shares"]) == len(baseline["edges"]) + 1
-    config = [str(tiny_run / "config.yaml"), *CHAMPION_RUN]
+    drift = ["drift", str(tiny_run / "config.yaml"), "--set", "tracking.registered_model=passing"]
     capsys.readouterr()
-    assert main(["drift", *config[:1], "--set", "tracking.registered_model=passing", "--texts", str(request_log[0]),
-                 "--json"]) == 0
+    assert main([*drift, "--texts", str(request_log[0]), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["rows"] == 100 and result["champion_version"] == version and result["teacher"].startswith("models:/")
     assert result["agreement_then"] == baseline["agreement"] and 0 <= result["agreement_now"] <= 1
@@ -296,7 +295,7 @@ def test_drift_of_the_champion_on_its_request_log(tiny_run, first_champion, requ
     (tiny_run / "other.csv").write_text("review\na fine film\n")
     for texts, says in ((tiny_run / "empty.jsonl", "empty.jsonl"), (tiny_run / "other.csv", "column(s) ['sentence']"),
                         ("s3://nowhere-bucket/recent.jsonl", "s3://nowhere-bucket/recent.jsonl")):
-        assert main(["drift", *config[:1], "--set", "tracking.registered_model=passing", "--texts", str(texts)]) == 2
+        assert main([*drift, "--texts", str(texts)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and says in err, err
     assert len(client.search_runs([run.info.experiment_id], "tags.`kdpipe.role` = 'drift'")) == 1

@@ -58,6 +58,9 @@ def teacher_scores(cfg, ref: str, texts: list[str], schema) -> np.ndarray:
     from kdpipe.modeling import load_classifier, predict_logits
     from kdpipe.sources import fetch_model
 
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars: noise on the command's one-line report
     path = fetch_model(ref, "teacher", cfg.tracking.uri)
     model = load_classifier(path, trust_remote_code=cfg.trust_remote_code, what="teacher")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
