@@ -213,6 +213,32 @@ def test_transfer_set_draws_on_train_and_unlabeled_only(sst2_small, tiny_bert, t
     assert set(prep.dataset[TRANSFER].column_names) == {"input_ids", "token_type_ids", "attention_mask"}
 
 
+def test_recent_texts_of_a_drift_retrain_are_deduplicated_held_out_and_capped(sst2_small, tiny_bert, tmp_path,
+                                                                             shared_data):
+    """A drift-triggered retrain's recent texts: duplicates and any training, validation or test text dropped;
+    drift.holdout of the rest held out as the RECENT split (texts kept, for the teacher-judged comparison), at most
+    drift.max_transfer_texts of the others added to the transfer set. The retrain key's fingerprints are those of
+    the configured data alone, the same with or without recent texts."""
+    from kdpipe.data import RECENT, TRANSFER, recent_rows
+
+    train, dev = sst2_small
+    cfg = load_config(raw=base_config(tiny_bert, train, dev),
+                      overrides=["drift.holdout=0.25", "drift.max_transfer_texts=50"])
+    splits, _ = load_and_validate(cfg.data)
+    unseen = [r.split("\t")[0].strip() for r in (shared_data / "sst2/train.tsv").read_text().splitlines()[5001:5101]]
+    recent = unseen + unseen[:10] + [" " + unseen[0] + " ", splits["train"][0][0], splits["validation"][0][1], "  "]
+    held, transfer, counts = recent_rows(cfg, splits, recent)
+    assert counts == {"given": 114, "dropped_duplicate_or_known": 14, "held_out": 25, "transfer": 50, "over_cap": 25}
+    assert not set(held) & set(transfer) and set(held) | set(transfer) < set(unseen)
+    assert (held, transfer) == recent_rows(cfg, splits, recent)[:2]  # seeded
+    plain = preprocess(cfg, tmp_path / "plain")
+    drifted = preprocess(cfg, tmp_path / "drifted", recent=recent)
+    assert drifted["sizes"][RECENT] == 25 and drifted["sizes"][TRANSFER] == 50
+    assert drifted["data_fingerprints"] == plain["data_fingerprints"] == plain["fingerprints"]
+    assert {RECENT, TRANSFER} <= set(drifted["fingerprints"]) and drifted["transfer"]["recent"] == counts
+    assert load_prepared(tmp_path / "drifted").dataset[RECENT]["text"] == held
+
+
 def test_augmentation_operations():
     import random
 

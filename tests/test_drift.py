@@ -68,13 +68,33 @@ def test_drift_on_constructed_score_distributions():
 
     baseline = profile(*rows(4000, 0.95, 0.05), schema)
     assert baseline["agreement"] == pytest.approx(0.95, abs=0.01) and sum(baseline["shares"]) == pytest.approx(1)
-    same = compare(baseline, profile(*rows(4000, 0.95, 0.05), schema, edges=baseline["edges"]), 0.05, 0.1)
+    same = compare(baseline, profile(*rows(4000, 0.95, 0.05), schema, like=baseline), 0.05, 0.1)
     assert not same["drifted"] and same["psi"] < 0.02 and abs(same["disagreement_increase"]) < 0.02
-    moved = compare(baseline, profile(*rows(4000, 0.65, 0.30), schema, edges=baseline["edges"]), 0.05, 0.1)
+    moved = compare(baseline, profile(*rows(4000, 0.65, 0.30), schema, like=baseline), 0.05, 0.1)
     assert moved["drifted"] and moved["psi"] > 1 and moved["disagreement_increase"] == pytest.approx(0.25, abs=0.03)
     assert len(moved["reasons"]) == 2 and "disagrees with its teacher on" in moved["reasons"][0]
-    with pytest.raises(ValueError, match="baseline's bin edges"):
+    with pytest.raises(ValueError, match="like the baseline"):
         compare(baseline, profile(*rows(100, 0.95, 0.05), schema), 0.05)
+
+
+def test_a_teacher_unsure_of_recent_texts_is_drift_even_where_the_champion_still_agrees():
+    """The failure the benchmark found: out of domain, a champion made of its teacher's layers fails with it, so
+    agreement stays and the champion's own confidence barely moves. The teacher's top score does move: drift on
+    that figure alone, and only when max_teacher_psi is set. A baseline recorded before the teacher's bins were
+    gives no teacher PSI (and no error)."""
+    schema, rng = LabelSchema(SINGLE, ["neg", "pos"]), np.random.default_rng(1)
+    champion = single_label_scores(rng, 4000, 0.90)
+    baseline = profile(champion, single_label_scores(rng, 4000, 0.95), schema)
+    recent = profile(single_label_scores(rng, 4000, 0.90), single_label_scores(rng, 4000, 0.75), schema,
+                     like=baseline)
+    assert recent["teacher_edges"] == baseline["teacher_edges"]
+    moved = compare(baseline, recent, 0.05, 0.25, 0.2)
+    assert moved["psi"] < 0.02 and moved["teacher_psi"] > 1 and moved["drifted"]
+    assert len(moved["reasons"]) == 1 and "teacher's top-score distribution moved" in moved["reasons"][0]
+    assert not compare(baseline, recent, 0.05, 0.25, None)["drifted"]
+    old = {k: v for k, v in baseline.items() if not k.startswith("teacher_")}
+    again = compare(old, profile(champion, champion, schema, like=old), 0.05, 0.25, 0.2)
+    assert again["teacher_psi"] is None and not again["drifted"]
 
 
 def test_per_label_agreement():

@@ -301,6 +301,55 @@ def test_drift_of_the_champion_on_its_request_log(tiny_run, first_champion, requ
     assert len(client.search_runs([run.info.experiment_id], "tags.`kdpipe.role` = 'drift'")) == 1
 
 
+def test_a_scheduled_run_retrains_on_drift_with_its_recent_texts_and_stops_without(tiny_run, first_champion,
+                                                                                    request_log):
+    """drift.texts on the champion's config and data. Drift (forced here by a zero threshold): the run retrains
+    even on unchanged data, holds out drift.holdout of the recent texts and distils on the rest; the gate shows the
+    teacher-judged comparison on the held-out texts and, with gate.champion_comparison teacher_judged, decides by
+    it; the version registered has them in its baseline. No drift: the run ends `unchanged` after preprocess, the
+    drift figures its reason. A bad recent-text file: one line, exit 2, nothing run."""
+    from mlflow.tracking import MlflowClient
+
+    from kdpipe.registry import DRIFT_BASELINE_TAG
+
+    config, log = str(tiny_run / "config.yaml"), str(request_log[0])
+    out = tiny_run / "drifted"
+    code = main(["run", config, "--output-dir", str(out), *CHAMPION_RUN, "--set", f"drift.texts={log}",
+                 "--set", "drift.max_teacher_psi=0", "--set", "gate.champion_comparison=teacher_judged",
+                 "--set", "gate.min_improvement_over_champion=1.0"])  # stays challenger: later tests judge v1
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 0 and summary["status"] == "challenger", summary
+    drift = summary["drift"]
+    assert drift["drifted"] and drift["rows"] == 100 and "teacher's top-score distribution moved" in drift["summary"]
+    assert drift["champion_version"] == first_champion[1]["registry"]["version"]
+    assert drift["recent_rows"] == {"given": 100, "dropped_duplicate_or_known": 0, "held_out": 20, "transfer": 80,
+                                    "over_cap": 0}
+    champion = summary["gate"]["champion"]
+    judged = champion["teacher_judged"]
+    assert judged["rows"] == 20 and 0 <= judged["challenger_agreement"] <= 1
+    assert champion["reason"].startswith("teacher-judged: the challenger decides as the teacher on")
+    assert not champion["promote"] and "labelled: challenger" in champion["reason"]
+    client = MlflowClient(f"sqlite:///{tiny_run}/mlflow.db")
+    baseline = json.loads(client.get_model_version("passing", summary["registry"]["version"]).tags[DRIFT_BASELINE_TAG])
+    assert baseline["rows"] == summary["gate"]["rows"] + 20 and sum(baseline["teacher_shares"]) == pytest.approx(1)
+    parent = client.get_run(summary["mlflow"]["parent_run_id"])
+    assert parent.data.tags["kdpipe.drifted"] == "true"
+
+    quiet = tiny_run / "quiet"
+    code = main(["run", config, "--output-dir", str(quiet), *CHAMPION_RUN, "--set", f"drift.texts={log}",
+                 "--set", "drift.max_disagreement_increase=1", "--set", "drift.max_psi=null",
+                 "--set", "drift.max_teacher_psi=null"])
+    summary = json.loads((quiet / "summary.json").read_text())
+    assert code == 0 and summary["status"] == "unchanged", summary
+    assert list(summary["timings"]["steps"]) == ["validate_tokenizers", "preprocess"]
+    assert "nothing to retrain (--force retrains anyway); no drift on 100 recent texts: agreement" in summary["unchanged"]
+
+    (tiny_run / "no-texts.jsonl").write_text("{}\n")
+    assert main(["run", config, "--output-dir", str(tiny_run / "bad-drift"), *CHAMPION_RUN,
+                 "--set", f"drift.texts={tiny_run / 'no-texts.jsonl'}"]) == 2
+    assert not (tiny_run / "bad-drift" / "summary.json").exists()
+
+
 @pytest.fixture(scope="module")
 def unchanged_rerun(tiny_run, first_champion):
     """The first champion's run again, same config and data: (exit code, summary, printed, versions before/after)."""

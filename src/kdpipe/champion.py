@@ -49,10 +49,12 @@ def unchanged_since_champion(cfg, key: str) -> str | None:
 
 
 def judge_champion(cfg, version: str | None, schema: LabelSchema, metric: str, texts: list[str], labels,
-                   challenger_logits, challenger_thresholds) -> dict | None:
+                   challenger_logits, challenger_thresholds, recent: tuple | None = None) -> dict | None:
     """None when there is no champion. Otherwise the champion (version) scored on `texts` with its own tokenizer
     and thresholds, compared with the challenger's logits on the same rows; `promote` is the champion part of the
-    decision (the gate's own checks come on top)."""
+    decision (the gate's own checks come on top). `recent`: (texts, challenger logits, teacher logits) of held-out
+    recent texts, for the teacher-judged comparison beside it (`teacher_judged`); gate.champion_comparison says
+    which of the two decides."""
     from kdpipe.errors import KdpipeError
     from kdpipe.pyfunc import load_registered
 
@@ -91,8 +93,45 @@ def judge_champion(cfg, version: str | None, schema: LabelSchema, metric: str, t
            f"{difference:+.4f} (needs {g.min_improvement_over_champion:+}), {_test_text(test)}")
     if better and not promote:
         why += "; gate.require_significance needs the paired test"
-    return {**out, "champion_value": ca, "challenger_value": ch, "difference": difference, **test,
-            "promote": promote, "reason": why + (": takes the champion alias" if promote else ": stays challenger")}
+    verdict = {**out, "champion_value": ca, "challenger_value": ch, "difference": difference, **test,
+               "promote": promote, "reason": why + (": takes the champion alias" if promote else ": stays challenger")}
+    mode = g.champion_comparison
+    if recent is not None:
+        verdict["teacher_judged"] = _by_the_teacher(cfg, version, champion, schema, recent, challenger_thresholds)
+    if mode == "labelled":
+        if recent is not None:
+            verdict["reason"] += f"; {verdict['teacher_judged']['reason']} (shown; gate.champion_comparison decides)"
+        return verdict
+    if recent is None:
+        verdict["reason"] += (f" (gate.champion_comparison {mode}: no recent texts were held out, so the labelled "
+                              f"comparison decides)")
+        return verdict
+    judged = verdict["teacher_judged"]
+    verdict["promote"] = judged["promote"] and (mode == "teacher_judged" or promote)
+    verdict["reason"] = (f"{judged['reason']}; labelled: {why}" + (": takes the champion alias" if verdict["promote"]
+                                                                   else ": stays challenger"))
+    return verdict
+
+
+def _by_the_teacher(cfg, version: str, champion, schema: LabelSchema, recent: tuple, challenger_thresholds) -> dict:
+    """Challenger and champion against the teacher's decisions on held-out recent texts (kdpipe.drift)."""
+    from kdpipe.drift import teacher_judged
+
+    texts, challenger_logits, teacher_logits = recent
+    g = cfg.gate
+    judged = teacher_judged(schema.decide(schema.scores(challenger_logits), challenger_thresholds),
+                            schema.decide(champion.run(list(texts))[1], champion.threshold),
+                            schema.decide(schema.scores(teacher_logits), cfg.metrics.threshold),
+                            g.significance_level)
+    difference = judged["challenger_agreement"] - judged["champion_agreement"]
+    better = difference >= g.min_improvement_over_champion
+    promote = better and (judged["significant"] or not g.require_significance)
+    reason = (f"teacher-judged: the challenger decides as the teacher on {judged['challenger_agreement']:.4f} of "
+              f"{judged['rows']} held-out recent texts, champion v{version} on {judged['champion_agreement']:.4f}: "
+              f"{difference:+.4f} (needs {g.min_improvement_over_champion:+}), McNemar p={judged['p_value']:.3g} "
+              f"({judged['only_challenger_right']} rows only the challenger agrees, {judged['only_champion_right']} "
+              f"only the champion)")
+    return {**judged, "difference": difference, "promote": promote, "reason": reason}
 
 
 def _row_right(logits, labels, schema: LabelSchema, thresholds) -> np.ndarray:

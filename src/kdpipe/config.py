@@ -348,6 +348,11 @@ class GateConfig(_Section):
     max_calibration_error: float | None = Field(
         None, ge=0.0, le=1.0,
         description="the student's expected calibration error (15 bins) on the evaluation rows must be at most this")
+    champion_comparison: Literal["labelled", "teacher_judged", "both"] = Field(
+        "labelled", description="what decides the champion alias: the labelled comparison on the evaluation rows, "
+                                "the teacher-judged one (challenger and champion against the teacher's decisions on "
+                                "the recent texts a drift-triggered retrain held out; McNemar, same improvement and "
+                                "significance settings), or both. Either is shown when measured")
 
 
 class ExportConfig(_Section):
@@ -394,15 +399,30 @@ class ServingConfig(_Section):
 
 
 class DriftConfig(_Section):
-    """`kdpipe drift`: the champion against its teacher on recent texts without labels, compared with the same
-    figures on the gate's rows when it was registered. Not part of the config hash."""
+    """Drift judged by the teacher: the champion against its teacher on recent texts without labels (`kdpipe drift`,
+    and the pipeline's preprocess step when `drift.texts` is set), compared with the same figures on the rows it was
+    judged on when it was registered. Decides when to retrain, not what: not part of the config hash."""
 
+    texts: str = Field("", description="recent texts a pipeline run checks for drift before it decides whether to "
+                                       "retrain (a request log folder, a file, a URL; the text column is "
+                                       "data.text_column); when the champion has drifted the run retrains even on "
+                                       "unchanged data, with these texts in its transfer set. Empty: no check")
     sample: int = Field(10_000, ge=1, description="recent texts drawn (seeded) from the file or log given")
     max_disagreement_increase: float = Field(0.05, ge=0, le=1,
                                              description="drift when the champion disagrees with its teacher this "
                                                          "much more often (a fraction of rows) than at registration")
     max_psi: float | None = Field(0.25, ge=0, description="drift also when the population stability index of the "
                                                           "champion's top score exceeds this (null: not used)")
+    max_teacher_psi: float | None = Field(0.2, ge=0, description="drift also when the population stability index of "
+                                                                 "the teacher's top score exceeds this: the teacher "
+                                                                 "is more (or less) sure of recent texts than of "
+                                                                 "the champion's, a new domain (null: not used)")
+    holdout: float = Field(0.2, gt=0, lt=1, description="share of the recent texts a drift-triggered retrain holds "
+                                                        "out of training: the gate's teacher-judged comparison and "
+                                                        "the new champion's drift baseline are measured on them")
+    max_transfer_texts: int = Field(10_000, ge=0, description="at most this many recent texts join the transfer set "
+                                                              "of a drift-triggered retrain (deduplicated; none that "
+                                                              "is a training, validation or test text)")
 
 
 def _no_password_in(url: str, key: str, instead: str) -> str:
@@ -551,7 +571,8 @@ class Config(_Section):
         split keys name splits of a Hub dataset, not files."""
         d = self.data
         keys = [] if d.dataset else ["train", "validation", "test", "unlabeled"]
-        return [(f"data.{k}", getattr(d, k)) for k in keys + ["label_names_file"] if getattr(d, k)]
+        files = [(f"data.{k}", getattr(d, k)) for k in keys + ["label_names_file"] if getattr(d, k)]
+        return files + [("drift.texts", self.drift.texts)] * bool(self.drift.texts)
 
     def input_models(self) -> list[tuple[str, str]]:
         """The models the config names, as (key, reference)."""
@@ -639,7 +660,7 @@ def _resolve_paths(cfg: Config, base: Path, overridden: set[str]) -> None:
         if is_url(value):  # a URL is fetched by the step that reads it
             continue
         path = origin(key) / value
-        if not path.is_file():
+        if not path.exists():  # a file, or a folder of part files (a request log)
             raise ConfigError(f"{key}: file not found: {path}")
         cfg.set_key(key, str(path.resolve()))
 

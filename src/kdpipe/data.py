@@ -22,6 +22,7 @@ from kdpipe.task import MULTI, SINGLE, LabelSchema
 
 SPLITS = ("train", "validation", "test")
 TRANSFER = "transfer"  # unlabelled rows the teacher labels for distillation: data.unlabeled + augmented train texts
+RECENT = "recent"  # recent texts a drift-triggered retrain holds out: the teacher-judged comparison, the baseline
 
 
 @dataclass
@@ -490,6 +491,22 @@ def transfer_texts(cfg: Config, splits: dict, mask_token: str | None) -> tuple[l
     return texts, info
 
 
+def recent_rows(cfg: Config, splits: dict, texts: list[str]) -> tuple[list[str], list[str], dict]:
+    """A drift-triggered retrain's share of the recent texts: deduplicated, none that is already a training,
+    validation or test text, shuffled (seeded); drift.holdout of them held out (the RECENT split), the rest (up to
+    drift.max_transfer_texts) for the transfer set. Returns (held out, for transfer, counts)."""
+    import random
+
+    known = {t.strip() for name in SPLITS if name in splits for t in splits[name][0]}
+    fresh = [t for t in dict.fromkeys(t.strip() for t in texts) if t and t not in known]
+    random.Random(cfg.data.seed).shuffle(fresh)
+    held = max(1, round(cfg.drift.holdout * len(fresh))) if fresh else 0
+    held_out, transfer = fresh[:held], fresh[held:held + cfg.drift.max_transfer_texts]
+    return held_out, transfer, {"given": len(texts), "dropped_duplicate_or_known": len(texts) - len(fresh),
+                                "held_out": len(held_out), "transfer": len(transfer),
+                                "over_cap": max(0, len(fresh) - held - cfg.drift.max_transfer_texts)}
+
+
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, list]:
     # No padding here: the collator pads each batch to its own longest row.
     enc = tokenizer(texts, truncation=True, max_length=max_length)
@@ -507,8 +524,9 @@ def fingerprint(columns: dict[str, list], labels: np.ndarray | None) -> str:
     return h.hexdigest()[:16]
 
 
-def preprocess(cfg: Config, out_dir: str | Path, tokenizer=None) -> dict:
-    """Pipeline step: validated, tokenized splits + label schema + fingerprints under out_dir."""
+def preprocess(cfg: Config, out_dir: str | Path, tokenizer=None, recent: list[str] | None = None) -> dict:
+    """Pipeline step: validated, tokenized splits + label schema + fingerprints under out_dir. `recent`: the
+    recent texts of a drift-triggered retrain (recent_rows: the RECENT split and more transfer rows)."""
     import datasets
 
     from kdpipe.modeling import load_tokenizer
@@ -517,12 +535,24 @@ def preprocess(cfg: Config, out_dir: str | Path, tokenizer=None) -> dict:
     splits, schema = load_and_validate(cfg.data)
     tokenizer = tokenizer or load_tokenizer(local_model(cfg, "teacher"), cfg)
     transfer_rows, transfer = transfer_texts(cfg, splits, tokenizer.mask_token or tokenizer.unk_token)
+    configured_transfer = len(transfer_rows)
+    if recent:
+        held_out, more, transfer["recent"] = recent_rows(cfg, splits, recent)
+        transfer_rows = transfer_rows + more
+        if held_out:
+            splits[RECENT] = (held_out, None)
     if transfer_rows:
         splits[TRANSFER] = (transfer_rows, None)
     dd, fingerprints, sizes = {}, {}, {}
+    data_fingerprints = {}  # of the configured data alone: the retrain key's (recent texts come and go)
     for name, (texts, labels) in splits.items():
         columns = tokenize(tokenizer, texts, cfg.data.max_length)
         fingerprints[name] = fingerprint(columns, labels)
+        if name == TRANSFER and configured_transfer < len(texts):
+            if configured_transfer:
+                data_fingerprints[name] = fingerprint({k: v[:configured_transfer] for k, v in columns.items()}, None)
+        elif name != RECENT:
+            data_fingerprints[name] = fingerprints[name]
         sizes[name] = len(texts)
         features = {k: datasets.Sequence(datasets.Value("int32")) for k in columns}
         if name not in ("train", TRANSFER):  # evaluation rows keep their texts: the champion re-scores them
@@ -536,6 +566,7 @@ def preprocess(cfg: Config, out_dir: str | Path, tokenizer=None) -> dict:
     info = {
         "schema": schema.to_json(),
         "fingerprints": fingerprints,
+        "data_fingerprints": data_fingerprints,
         "sizes": sizes,
         "transfer": transfer,
         "max_length": cfg.data.max_length,

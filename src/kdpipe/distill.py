@@ -1,7 +1,7 @@
 """Student step: distil the teacher into the student, from cached teacher logits (or online).
 
-The student artifact holds `model/` (safetensors + tokenizer), the student's logits on validation and on the
-evaluation split, computed once in fp32 after training (the gate and the export read them instead of running the
+The student artifact holds `model/` (safetensors + tokenizer), the student's logits on validation, on the
+evaluation split and on held-out recent texts (a drift-triggered retrain's), computed once in fp32 after training (the gate and the export read them instead of running the
 model again), and its decision thresholds (multi-label, tuned on validation)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from kdpipe import parallel
 from kdpipe.artifacts import Prepared, Student, load_prepared, teacher_logits
 from kdpipe.config import Config
-from kdpipe.data import TRANSFER
+from kdpipe.data import RECENT, TRANSFER
 from kdpipe.metrics import compute_metrics, tune_thresholds
 from kdpipe.modeling import (build_student, count_parameters, load_classifier, load_tokenizer, predict_logits,
                              torch_latency_ms)
@@ -138,7 +138,7 @@ def _ship(cfg: Config, prep: Prepared, student, tokenizer, out_dir: Path, measur
     student.save_pretrained(str(shipped.model_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(shipped.model_dir))
     logits = {}
-    for split in dict.fromkeys(["validation", prep.eval_split]):
+    for split in dict.fromkeys(["validation", prep.eval_split] + [RECENT] * (RECENT in prep.dataset)):
         logits[split] = predict_logits(student, prep.dataset[split], tokenizer, cfg.distillation.eval_batch_size,
                                          f"student on {split}")
         shipped.logits.save(split, logits[split], prep.fingerprint(split), "student")

@@ -1,6 +1,8 @@
 """Drift judged by the teacher: on recent texts that have no labels, how often the champion decides as its teacher
-(overall and per label), and how far the champion's score distribution has moved since training (the population
-stability index of its top score). The same figures on the validation rows at registration are the baseline.
+(overall and per label), and how far the champion's and the teacher's score distributions have moved since training
+(the population stability index of each one's top score: a teacher less sure of recent texts than of the rows the
+champion was made for sees a new domain even where the champion, failing with it, still agrees). The same figures
+on the gate's rows at registration are the baseline.
 And the teacher-judged comparison of two models on such texts: McNemar on the rows where exactly one of them
 decides as the teacher. Numbers in, numbers out; the command and the steps load the models."""
 
@@ -48,10 +50,11 @@ def agrees(decisions: np.ndarray, teacher: np.ndarray) -> np.ndarray:
 
 
 def profile(scores: np.ndarray, teacher_scores: np.ndarray, schema: LabelSchema, threshold=0.5,
-            teacher_threshold=0.5, edges: list[float] | None = None) -> dict:
+            teacher_threshold=0.5, like: dict | None = None) -> dict:
     """The model against its teacher on some rows: `agreement` (rows decided as the teacher decides), `per_label`
     (multi-label: each label's agreement; single-label: agreement on the rows the teacher gives that class), and
-    the top score's bins (`edges`: the baseline's, or equal-count bins of these rows) and `shares`."""
+    the bins (`edges`, `teacher_edges`: those of `like`, a baseline, or equal-count bins of these rows) and
+    `shares` of the model's and of the teacher's top score."""
     decided, reference = schema.decide(scores, threshold), schema.decide(teacher_scores, teacher_threshold)
     rows = agrees(decided, reference)
     if schema.multi_label:
@@ -60,29 +63,40 @@ def profile(scores: np.ndarray, teacher_scores: np.ndarray, schema: LabelSchema,
     else:
         per_label = {name: float(rows[reference == k].mean()) for k, name in enumerate(schema.label_names)
                      if (reference == k).any()}
-    top = top_score(scores)
-    edges = bin_edges(top) if edges is None else list(edges)
-    return {"rows": int(len(rows)), "agreement": float(rows.mean()) if len(rows) else float("nan"),
-            "per_label": per_label, "edges": edges, "shares": shares(top, edges)}
+    out = {"rows": int(len(rows)), "agreement": float(rows.mean()) if len(rows) else float("nan"),
+           "per_label": per_label}
+    for prefix, values in (("", scores), ("teacher_", teacher_scores)):
+        top = top_score(values)
+        # A baseline recorded before the teacher's bins were: this side gets bins of its own, and no PSI.
+        edges = list(like[f"{prefix}edges"]) if like and f"{prefix}edges" in like else bin_edges(top)
+        out[f"{prefix}edges"], out[f"{prefix}shares"] = edges, shares(top, edges)
+    return out
 
 
-def compare(baseline: dict, now: dict, max_disagreement_increase: float, max_psi: float | None = None) -> dict:
-    """Has the world moved? `now` must be profiled on the baseline's edges. Drift when the champion disagrees with
-    its teacher more than `max_disagreement_increase` more often than at registration, or (when set) when its top
-    score's PSI exceeds `max_psi`."""
+def compare(baseline: dict, now: dict, max_disagreement_increase: float, max_psi: float | None = None,
+            max_teacher_psi: float | None = None) -> dict:
+    """Has the world moved? `now` must be profiled like the baseline (profile(..., like=baseline)). Drift when the
+    champion disagrees with its teacher more than `max_disagreement_increase` more often than at registration, or
+    (when set) when the PSI of its top score exceeds `max_psi`, or that of the teacher's top score
+    `max_teacher_psi`."""
     if list(baseline["edges"]) != list(now["edges"]):
-        raise ValueError("profile the recent rows on the baseline's bin edges (profile(..., edges=...))")
+        raise ValueError("profile the recent rows like the baseline (profile(..., like=baseline))")
     increase = (1 - now["agreement"]) - (1 - baseline["agreement"])
     index = psi(baseline["shares"], now["shares"])
+    teacher_index = psi(baseline["teacher_shares"], now["teacher_shares"]) if "teacher_shares" in baseline else None
     reasons = []
     if increase > max_disagreement_increase:
         reasons.append(f"the champion disagrees with its teacher on {1 - now['agreement']:.1%} of recent texts "
                        f"against {1 - baseline['agreement']:.1%} at registration (+{increase:.1%} > "
                        f"{max_disagreement_increase:.1%})")
     if max_psi is not None and index > max_psi:
-        reasons.append(f"its top-score distribution moved: PSI {index:.3f} > {max_psi}")
+        reasons.append(f"the champion's top-score distribution moved: PSI {index:.3f} > {max_psi}")
+    if max_teacher_psi is not None and teacher_index is not None and teacher_index > max_teacher_psi:
+        reasons.append(f"the teacher's top-score distribution moved (recent texts unlike the champion's): PSI "
+                       f"{teacher_index:.3f} > {max_teacher_psi}")
     return {"agreement_then": baseline["agreement"], "agreement_now": now["agreement"],
-            "disagreement_increase": float(increase), "psi": index, "drifted": bool(reasons), "reasons": reasons,
+            "disagreement_increase": float(increase), "psi": index, "teacher_psi": teacher_index,
+            "drifted": bool(reasons), "reasons": reasons,
             "per_label_then": baseline["per_label"], "per_label_now": now["per_label"], "rows": now["rows"]}
 
 

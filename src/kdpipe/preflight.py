@@ -24,14 +24,18 @@ def check_all(cfg: Config) -> None:
 
 
 def check_local_inputs(cfg: Config) -> None:
-    """Local data files: read, every row's text and labels validated (as preprocess does, minus tokenization).
+    """Local data files: read, every row's text and labels validated (as preprocess does, minus tokenization); the
+    recent texts of drift.texts read as the drift check reads them.
     Raises DataError naming the file, column and row."""
     from kdpipe.data import load_and_validate, read_unlabeled
+    from kdpipe.drift_check import recent_texts
 
     if cfg.data.dataset is None:
         check_metric_names(cfg, load_and_validate(cfg.data)[1])
         if cfg.data.unlabeled and not is_url(cfg.data.unlabeled):
             read_unlabeled(cfg.data, set())
+    if cfg.drift.texts and not is_url(cfg.drift.texts):
+        recent_texts(cfg, cfg.drift.texts, cfg.drift.sample)
 
 
 def check_metric_names(cfg: Config, schema) -> None:

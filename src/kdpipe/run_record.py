@@ -14,7 +14,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 
-from kdpipe.data import TRANSFER
+from kdpipe.data import RECENT, TRANSFER
 from kdpipe.gate import GateDecision
 from kdpipe.summary import build_summary, read_run, teacher_reuse
 from kdpipe.tracking import mlflow_client
@@ -99,8 +99,8 @@ class SplitDataset(MetaDataset):
 
     def __init__(self, cfg, split: str, info: dict):
         d = cfg.data
-        where = (d.unlabeled or d.train) if split == TRANSFER else getattr(d, split)
-        if d.dataset:
+        where = {TRANSFER: d.unlabeled or d.train, RECENT: cfg.drift.texts}.get(split) or getattr(d, split)
+        if d.dataset and split != RECENT:
             source = HuggingFaceDatasetSource(d.dataset, config_name=d.dataset_config, split=where)
             name = f"{d.dataset}{'/' + d.dataset_config if d.dataset_config else ''}:{where}"
         else:
@@ -109,7 +109,7 @@ class SplitDataset(MetaDataset):
                 source = resolve_dataset_source(str(where))
             name = str(where).rstrip("/").rsplit("/", 1)[-1]
         self.rows = info["sizes"][split]
-        super().__init__(source, name=f"{name} ({split})" if split == TRANSFER else name,
+        super().__init__(source, name=f"{name} ({split})" if split in (TRANSFER, RECENT) else name,
                          digest=info["fingerprints"][split])
 
     @property
@@ -146,6 +146,8 @@ def note(summary: dict, metrics: dict) -> str:
     lines = [f"**kdpipe run {summary['pipeline_run']}: {summary['status']}**", ""]
     if summary.get("unchanged"):
         lines += [summary["unchanged"], ""]
+    elif summary.get("drift"):
+        lines += [summary["drift"]["summary"], ""]
     if summary.get("registry"):
         r = summary["registry"]
         lines += [f"Registered `{r['registered_model']}` v{r['version']} ({', '.join(r['aliases'])}).", ""]

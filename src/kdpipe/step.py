@@ -52,9 +52,12 @@ class StepContext:
 
     def log_text_file(self, path, name: str) -> None:
         """A text file (a report) on the step's run under `name`: KFP names output files after the output."""
+        self.log_text(Path(path).read_text(), name)
+
+    def log_text(self, text: str, name: str) -> None:
         import mlflow
 
-        mlflow.log_text(Path(path).read_text(), name)
+        mlflow.log_text(text, name)
 
     def checkpoints(self):
         """Where a training step keeps its epoch checkpoints for a re-run (None when tracking.keep_checkpoints

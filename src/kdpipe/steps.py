@@ -27,26 +27,37 @@ def validate_tokenizers(ctx: StepContext) -> dict:
 @tracked_step()
 def preprocess(ctx: StepContext, dataset_dir: str, force: bool = False) -> dict:
     """Validated, tokenized splits; and whether to train at all: `changed` is False when the config and the data
-    are those of the run that produced the current champion (unless `force`), and the pipeline stops there."""
+    are those of the run that produced the current champion (unless `force`) and, with drift.texts, the champion
+    has not drifted on them (kdpipe.drift_check); the pipeline stops there. A drift-triggered retrain adds the
+    recent texts to the dataset (a held-out RECENT split, more transfer rows)."""
     from kdpipe.champion import RETRAIN_KEY_TAG, retrain_key, unchanged_since_champion
     from kdpipe.data import preprocess
+    from kdpipe.drift_check import check_before_training, in_one_line, record, report
     from kdpipe.preflight import check_metric_names
     from kdpipe.task import LabelSchema
 
-    info = preprocess(ctx.cfg, dataset_dir)
+    drift, recent = check_before_training(ctx.cfg) if ctx.cfg.drift.texts else (None, None)
+    if drift and not drift.get("skipped"):
+        ctx.set_tags(record(drift)["tags"])
+        ctx.log_text(report(drift), "drift.md")
+    info = preprocess(ctx.cfg, dataset_dir, recent=recent if drift and drift["drifted"] else None)
     check_metric_names(ctx.cfg, LabelSchema(**info["schema"]))
-    key = retrain_key(ctx.cfg, info["fingerprints"])
-    unchanged = None if force else unchanged_since_champion(ctx.cfg, key)
+    key = retrain_key(ctx.cfg, info["data_fingerprints"])
+    unchanged = None if force or (drift and drift["drifted"]) else unchanged_since_champion(ctx.cfg, key)
     ctx.tag_parent({"kdpipe.data_fingerprint": info["fingerprints"]["train"], RETRAIN_KEY_TAG: key,
-                    "kdpipe.problem_type": info["schema"]["problem_type"]})
+                    "kdpipe.problem_type": info["schema"]["problem_type"],
+                    **({"kdpipe.drifted": str(drift["drifted"]).lower()} if drift and not drift.get("skipped") else {})})
     ctx.log_datasets(dataset_dir, pipeline_run_too=True)
     result = {"rows": info["sizes"], "num_labels": len(info["schema"]["label_names"]),
               "problem_type": info["schema"]["problem_type"], "fingerprint": info["fingerprints"]["train"],
               "train_tokens_mean": info["train_tokens_mean"],
               "train_truncated_fraction": info["train_truncated_fraction"], "changed": unchanged is None,
-              "forced": force, "transfer": info["transfer"]}  # data.unlabeled rows used, dropped; augmented
+              "forced": force, "transfer": info["transfer"]}  # data.unlabeled rows used, dropped; augmented; recent
+    if drift:
+        result["drift"] = {**{k: v for k, v in drift.items() if k != "per_label_then"}, "summary": in_one_line(drift),
+                           "recent_rows": info["transfer"].get("recent")}  # None: not retrained on them
     if unchanged:
-        result["unchanged"] = unchanged
+        result["unchanged"] = unchanged + (f"; {in_one_line(drift)}" if drift else "")
     return result
 
 
@@ -219,7 +230,8 @@ def evaluate_gate(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_
     teachers = teacher_logits(teacher_logits_dir).load(split, prep.fingerprint(split))
     fidelity = fidelity_to_teacher(logits, teachers, labels, schema, thresholds, cfg.metrics.threshold)
     version = champion_version(cfg)
-    champion = judge_champion(cfg, version, schema, metric, rows["text"], labels, logits, thresholds)
+    champion = judge_champion(cfg, version, schema, metric, rows["text"], labels, logits, thresholds,
+                              _recent(prep, student, teacher_logits_dir))
     decision = gate.evaluate_gate(cfg.gate, metric, metrics, teacher_metrics, student_latency_ms, champion, fidelity)
     # The registry step moves the champion alias only if this is still the champion (compare-and-set).
     decision.split, decision.rows, decision.champion_version = split, len(labels), version
@@ -234,6 +246,19 @@ def evaluate_gate(ctx: StepContext, dataset_dir: str, student_dir: str, teacher_
     ctx.set_tags({"kdpipe.gate_passed": decision.passed, "kdpipe.gate_metric": metric, "kdpipe.gate_split": split})
     ctx.log_datasets(dataset_dir, [split])
     return result
+
+
+def _recent(prep, student, teacher_logits_dir: str) -> tuple | None:
+    """The recent texts a drift-triggered retrain held out, with the student's and the teacher's logits on them
+    (the teacher-judged comparison's rows), or None."""
+    from kdpipe.artifacts import teacher_logits
+    from kdpipe.data import RECENT
+
+    if RECENT not in prep.dataset:
+        return None
+    fingerprint = prep.fingerprint(RECENT)
+    return (prep.dataset[RECENT]["text"], student.logits.load(RECENT, fingerprint),
+            teacher_logits(teacher_logits_dir).load(RECENT, fingerprint))
 
 
 def _gate_notes(cfg, split: str, thresholds) -> list[str]:
@@ -253,7 +278,10 @@ def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, teache
                     onnx_dir: str) -> dict:
     """Only reached when the gate passed: export + verify the ONNX model, then register it with its aliases (the
     champion judged again, on the gate's rows, if another run moved the alias meanwhile) and its drift baseline
-    (the served variant against the teacher on the gate's rows: what `kdpipe drift` compares recent text with)."""
+    (the served variant against the teacher on the gate's rows and held-out recent texts: what `kdpipe drift` and
+    a drift-checking run compare recent text with)."""
+    import numpy as np
+
     from kdpipe.artifacts import Export, Student, load_prepared, teacher_logits
     from kdpipe.champion import judge_champion
     from kdpipe.drift import profile
@@ -269,11 +297,12 @@ def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, teache
     exported = export_onnx(cfg, student_dir, dataset_dir, onnx_dir, metric=gate.metric)
     student = Student(student_dir)
     rows = prep.dataset[prep.eval_split]
+    recent = _recent(prep, student, teacher_logits_dir)
 
     def rejudge(current: str | None) -> tuple[bool, str]:
         verdict = judge_champion(cfg, current, prep.schema, gate.metric, rows["text"], rows["labels"],
                                  student.logits.load(prep.eval_split, prep.fingerprint(prep.eval_split)),
-                                 student.thresholds(cfg.metrics.threshold))
+                                 student.thresholds(cfg.metrics.threshold), recent)
         if verdict is None:
             return True, "the gate passed and there was no champion (its alias was removed while this run was judged)"
         return verdict["promote"], verdict["reason"]
@@ -282,8 +311,12 @@ def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, teache
     Export(onnx_dir).card.write_text(card)  # travels in the model's folder (and to the Hub)
     examples = prep.dataset["validation"]["text"][:2]
     served = OnnxClassifier(onnx_dir)
+    # The baseline: the rows this version was judged on, which neither model trained on (the gate's, and the
+    # recent texts a drift-triggered retrain held out: the traffic it was made for).
+    texts = list(rows["text"]) + (list(recent[0]) if recent else [])
     teachers = teacher_logits(teacher_logits_dir).load(prep.eval_split, prep.fingerprint(prep.eval_split))
-    exported["drift_baseline"] = profile(served.run(list(rows["text"]))[1], prep.schema.scores(teachers), prep.schema,
+    teachers = np.concatenate([teachers, recent[2]]) if recent else teachers
+    exported["drift_baseline"] = profile(served.run(texts)[1], prep.schema.scores(teachers), prep.schema,
                                          served.threshold, cfg.metrics.threshold)
     exported["registry"] = register_onnx(cfg, onnx_dir, gate, examples, rejudge, card, exported["drift_baseline"])
     log_model_metrics(cfg, exported["registry"]["model_id"], gate, prep.info)

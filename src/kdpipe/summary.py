@@ -135,6 +135,7 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path | s
         "errors": errors or ([failure] if failure else []),
         "retried": retried,
         "unchanged": results.get("preprocess", {}).get("unchanged"),
+        "drift": results.get("preprocess", {}).get("drift"),
     }
 
 
@@ -152,10 +153,13 @@ def print_summary(summary: dict, steps: bool = True) -> None:
     t = summary["timings"]
     print(f"  {'pipeline wall time':<22}{t['pipeline_wall_s']:>9.1f}  (orchestration overhead "
           f"{100 * (t['orchestration_overhead_fraction'] or 0):.1f}%)")
-    if summary.get("unchanged"):  # nothing trained, nothing registered
+    if summary.get("unchanged"):  # nothing trained, nothing registered (its reason says the drift figures)
         print(f"  {summary['unchanged']}")
         print(f"  MLflow parent run {summary['mlflow']['parent_run_id']} ({summary['mlflow']['tracking_uri']})")
         return
+    if summary.get("drift"):
+        print(f"  {summary['drift']['summary']}" + (": retrained with the recent texts" if summary["drift"]["drifted"]
+                                                    else ""))
     teacher = summary["teacher"]
     print(f"  teacher ({teacher.get('split') or '-'}): {fmt(teacher['metrics'])}")
     if teacher.get("reused_from_run"):

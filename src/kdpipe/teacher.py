@@ -12,7 +12,7 @@ import numpy as np
 from kdpipe import parallel
 from kdpipe.artifacts import Prepared, load_prepared, teacher_logits
 from kdpipe.config import Config, LossTerm
-from kdpipe.data import TRANSFER
+from kdpipe.data import RECENT, TRANSFER
 from kdpipe.errors import DataError
 from kdpipe.logit_store import weights_digest
 from kdpipe.metrics import compute_metrics
@@ -113,8 +113,10 @@ class TeacherModel:
 
 def labelled_splits(prep: Prepared) -> list[str]:
     """The splits the teacher labels: the evaluation split and validation (its metrics; the student's agreement
-    with it), train and the transfer set (the soft targets)."""
-    return list(dict.fromkeys([prep.eval_split, "validation", "train"] + [TRANSFER] * (TRANSFER in prep.dataset)))
+    with it), train and the transfer set (the soft targets), and the recent texts a drift-triggered retrain held out
+    (the reference of the teacher-judged comparison)."""
+    return list(dict.fromkeys([prep.eval_split, "validation", "train"]
+                               + [s for s in (TRANSFER, RECENT) if s in prep.dataset]))
 
 
 def label_rows(cfg: Config, prep: Prepared, teacher: TeacherModel, pipeline_run: str, shard: int | None = None,

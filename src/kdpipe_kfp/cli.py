@@ -147,7 +147,8 @@ def cmd_drift(args) -> int:
     print(f"{cfg.tracking.registered_model} v{result['champion_version']}: "
           f"{'DRIFT' if result['drifted'] else 'no drift'} on {result['rows']} recent texts ({result['seconds']['total']:.1f} s)")
     print(f"  agreement with the teacher {result['agreement_now']:.4f} (at registration {result['agreement_then']:.4f}); "
-          f"top-score PSI {result['psi']:.4f}")
+          f"top-score PSI: champion {result['psi']:.4f}, teacher "
+          f"{'-' if result['teacher_psi'] is None else format(result['teacher_psi'], '.4f')}")
     for reason in result["reasons"]:
         print(f"  - {reason}")
     return EXIT_OK
