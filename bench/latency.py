@@ -22,7 +22,8 @@ import numpy as np
 from common import CACHE, ROOT, SHARED, minilm, random_bert, save
 
 from kdpipe.artifacts import Export
-from kdpipe.export import onnx_latency_ms, onnx_logits, quantize_int8, to_onnx
+from kdpipe.export import onnx_latency_ms, onnx_logits, to_onnx
+from kdpipe.export_search import quantize_int8
 from kdpipe.modeling import derive_student, load_classifier, torch_latency_ms
 from kdpipe.serving import session
 from kdpipe.task import SINGLE, LabelSchema
@@ -66,24 +67,56 @@ def sst2_dev(tokenizer):
 
 
 def versus_optimum(student_dir: Path, seq: int, runs: int, root: Path) -> dict:
-    """kdpipe's fp32 and int8 export against Optimum's optimized fp32 and int8 of the same exported model."""
+    """kdpipe's export search (every candidate of export.search full, and the one its rule ships) against Optimum's
+    optimized fp32 and int8 of the same trained model, all timed in rounds in one process."""
     from transformers import AutoTokenizer
+
+    from kdpipe.config import ExportConfig
+    from kdpipe.export_search import Candidate, _best, _why_not, first_candidates, node_groups, quantize
 
     root.mkdir(parents=True, exist_ok=True)
     student = load_classifier(str(student_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(student_dir))
     names = ["input_ids", "attention_mask", "token_type_ids"]
-    to_onnx(student, names, root / FP32, BINARY, {"label_names": BINARY.label_names})
-    quantize_int8(root / FP32, root / INT8)
-    (root / "unfused").mkdir(exist_ok=True)  # kdpipe before it adopted ONNX Runtime's fusions
-    to_onnx(student, names, root / "unfused" / FP32, BINARY, {"label_names": BINARY.label_names}, fuse=False)
-    quantize_int8(root / "unfused" / FP32, root / "unfused" / INT8)
+    graphs = {"fused": root / FP32, "unfused": root / "unfused.onnx"}
+    to_onnx(student, names, graphs["fused"], BINARY, {"label_names": BINARY.label_names}, unfused=graphs["unfused"])
+    dev, labels = sst2_dev(tokenizer)
+
+    def calibration():  # as the export step calibrates: training rows, batches of 32
+        import csv
+
+        with open(SHARED / "sst2/train.tsv", newline="") as f:
+            texts = [r["sentence"] for r, _ in zip(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE),
+                                                   range(256))]
+        for start in range(0, len(texts), 32):
+            enc = tokenizer(texts[start:start + 32], truncation=True, max_length=128, padding=True, return_tensors="np")
+            yield {k: np.asarray(enc[k], dtype=np.int64) for k in names}
+
+    candidates = first_candidates("full", list(graphs))
+    files = {"kdpipe_fp32": graphs["fused"], "kdpipe_unfused_fp32": graphs["unfused"]}
+    for c in candidates:
+        files[c.name] = root / f"{c.name.replace('/', '-')}.onnx"
+        quantize(c, graphs[c.graph], files[c.name], calibration)
+    predicted = {k: onnx_logits(session(p), dev, tokenizer).argmax(-1) for k, p in files.items()}
+    # The sensitivity step of search full, on the reference candidate: each node group left in fp32 in turn.
+    flips_without = {}
+    for group in node_groups(graphs["fused"]):
+        trial = Candidate("fused", "dynamic", (group,))
+        quantize(trial, graphs["fused"], root / "trial.onnx")
+        flips_without[group] = int((onnx_logits(session(root / "trial.onnx"), dev, tokenizer).argmax(-1)
+                                    != predicted["kdpipe_fp32"]).sum())
+    kept = Candidate("fused", "dynamic", (min(flips_without, key=flips_without.get),))
+    candidates.append(kept)
+    files[kept.name] = root / "kept.onnx"
+    quantize(kept, graphs["fused"], files[kept.name])
+    predicted[kept.name] = onnx_logits(session(files[kept.name]), dev, tokenizer).argmax(-1)
     chosen = subprocess.run([str(OPTIMUM_PYTHON), str(ROOT / "bench/optimum_path.py"), str(student_dir),
                              str(root / "optimum")], check=True, capture_output=True, text=True).stdout.strip()
-    files = {"kdpipe_fp32": root / FP32, "kdpipe_int8": root / INT8,
-             "kdpipe_unfused_fp32": root / "unfused" / FP32, "kdpipe_unfused_int8": root / "unfused" / INT8,
-             "optimum_fp32": root / "optimum/model.onnx",
-             "optimum_fp32_o2": root / "optimum/model_optimized.onnx",
-             "optimum_int8": root / "optimum/model_optimized_quantized.onnx"}
+    files.update({"optimum_fp32": root / "optimum/model.onnx",
+                  "optimum_fp32_o2": root / "optimum/model_optimized.onnx",
+                  "optimum_int8": root / "optimum/model_optimized_quantized.onnx"})
+    for k in ("optimum_fp32", "optimum_fp32_o2", "optimum_int8"):
+        predicted[k] = onnx_logits(session(files[k]), dev, tokenizer).argmax(-1)
     sessions = {k: session(p) for k, p in files.items()}
     latency = {f"b{b}": {} for b in (1, 32)}
     for _ in range(3):  # rounds over all models: a slow moment of the machine does not fall on one model only
@@ -91,15 +124,25 @@ def versus_optimum(student_dir: Path, seq: int, runs: int, root: Path) -> dict:
             for k, s in sessions.items():
                 ms = onnx_latency_ms(s, b, seq, runs if b == 1 else max(5, runs // 3))
                 latency[f"b{b}"][k] = min(ms, latency[f"b{b}"].get(k, ms))
-    tokenizer = AutoTokenizer.from_pretrained(str(student_dir))
-    dev, labels = sst2_dev(tokenizer)
-    predicted = {k: onnx_logits(s, dev, tokenizer).argmax(-1) for k, s in sessions.items()}
-    fp32 = {"kdpipe_int8": "kdpipe_fp32", "kdpipe_unfused_int8": "kdpipe_unfused_fp32", "optimum_int8": "optimum_fp32",
-            "optimum_fp32_o2": "optimum_fp32"}
+    accuracy = {k: float((p == labels).mean()) for k, p in predicted.items()}
+    own_fp32 = {**{c.name: "kdpipe_fp32" if c.graph == "fused" else "kdpipe_unfused_fp32" for c in candidates},
+                "optimum_int8": "optimum_fp32", "optimum_fp32_o2": "optimum_fp32"}
+    flips = {k: int((predicted[k] != predicted[ref]).sum()) for k, ref in own_fp32.items()}
+    # The export search's rule on these rows: flips against the shipped fp32 (fused) graph, as the step counts them.
+    rows = [{"candidate": c.name, "metric": "accuracy", "metric_drop": accuracy["kdpipe_fp32"] - accuracy[c.name],
+             "flips": int((predicted[c.name] != predicted["kdpipe_fp32"]).sum()),
+             "flip_rate": float((predicted[c.name] != predicted["kdpipe_fp32"]).mean()),
+             "speed": float(np.sqrt(latency["b1"][c.name] / latency["b1"]["kdpipe_fp32"]
+                                    * latency["b32"][c.name] / latency["b32"]["kdpipe_fp32"]))} for c in candidates]
+    limits = ExportConfig()
+    budget = rows[0]["flip_rate"]
+    for r in rows:
+        r["why_not"] = _why_not(r, budget, limits)
+    shipped = _best(rows, budget, limits)
     return {"student": str(student_dir), "optimum_quantization": chosen.splitlines()[-1], "seq_len": seq,
-            "latency_ms": latency, "dev_accuracy": {k: float((p == labels).mean()) for k, p in predicted.items()},
-            "label_flips_vs_own_fp32": {k: int((predicted[k] != predicted[ref]).sum()) for k, ref in fp32.items()},
-            "dev_rows": int(len(labels)),
+            "latency_ms": latency, "dev_accuracy": accuracy, "label_flips_vs_own_fp32": flips,
+            "search_rows": rows, "sensitivity_flips_with_group_in_fp32": flips_without,
+            "kdpipe_shipped": shipped and shipped["candidate"], "dev_rows": int(len(labels)),
             "size_mb": {k: p.stat().st_size / 2**20 for k, p in files.items()}}
 
 

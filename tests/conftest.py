@@ -75,9 +75,12 @@ def sst2_small(tmp_path_factory, shared_data) -> tuple[str, str]:
 
 
 def base_config(teacher: str, train: str, validation: str, **sections) -> dict:
-    # Teacher logits are stored beside the teacher (a folder per test setup), not in the cwd's MLflow store.
+    # Teacher logits are stored beside a local teacher (a folder per test setup), not in the cwd's MLflow store; a
+    # registered or remote teacher's go to the config's tracking store (a relative "models:/logit-store" would
+    # land in the checkout).
+    local = Path(teacher).is_dir()
     raw = {"teacher": {"model": teacher, "epochs": 1, "batch_size": 32,
-                       "logit_store": str(Path(teacher).parent / "logit-store")},
+                       **({"logit_store": str(Path(teacher).parent / "logit-store")} if local else {})},
            "student": {"layers": [0, 3]},
            "data": {"train": train, "validation": validation, "text_column": "sentence", "max_length": 64},
            "distillation": {"epochs": 1, "batch_size": 32},

@@ -202,6 +202,14 @@ def test_export_parity_metadata_int8_and_predict(setup, student_artifact, capsys
     assert result["metrics_fp32"] == result["metrics_torch"]
     assert (root / "onnx/model.int8.onnx").is_file() and result["int8_metric_drop"] <= cfg.export.max_int8_metric_drop
     assert set(result["latency_ms"]) == {"fp32_b1", "fp32_b32", "int8_b1", "int8_b32"}
+    # export.search fast: dynamic int8 of the fused graph (the reference) and of the unfused one, each timed and
+    # judged; the one shipped is the table's chosen row.
+    searched = result["int8_search"]
+    assert [r["candidate"] for r in searched] == ["fused/dynamic", "unfused/dynamic"]
+    [chosen] = [r for r in searched if r["chosen"]]
+    assert chosen["candidate"] == result["int8_variant"] and chosen["why_not"] is None
+    assert chosen["latency_ms"][32] == result["latency_ms"]["int8_b32"] and chosen["flips"] == result["int8_label_flips"]
+    assert all(r["speed"] >= chosen["speed"] for r in searched if r["why_not"] is None)
     # int8 passed its checks: it is what the folder serves; fp32 on request.
     assert result["served"] == "int8"
     clf, fp32 = OnnxClassifier(root / "onnx"), OnnxClassifier(root / "onnx", "fp32")
@@ -239,14 +247,40 @@ def test_int8_check_uses_the_gates_metric(setup, student_artifact, monkeypatch):
     def export_with_gate(metric, out):
         judged = iter([fp32, fp32, int8])  # export judges: ONNX fp32, the PyTorch logits, then ONNX int8
         monkeypatch.setattr(export, "compute_metrics", lambda *a: next(judged))
-        gate_cfg = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"metric": metric})})
+        gate_cfg = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"metric": metric}),
+                                          "export": cfg.export.model_copy(update={"search": "off"})})
         return export.export_onnx(gate_cfg, student_artifact, root / "prep", root / out)
 
     on_f1 = export_with_gate("macro_f1", "onnx-f1")
     assert on_f1["int8_metric"] == "macro_f1" and on_f1["int8_metric_drop"] == pytest.approx(0.1)
-    assert on_f1["int8_path"] is None and "int8 macro_f1 drop 0.1000" in on_f1["int8_rejected"]
+    assert on_f1["int8_path"] is None and "macro_f1 drop 0.1000 > export.max_int8_metric_drop" in on_f1["int8_rejected"]
     on_accuracy = export_with_gate("accuracy", "onnx-acc")
     assert on_accuracy["int8_metric"] == "accuracy" and on_accuracy["int8_path"].endswith("model.int8.onnx")
+
+
+def test_full_export_search_tries_static_and_a_layer_in_fp32(setup, student_artifact, tmp_path):
+    """export.search full on the tiny student: static int8 of both graphs (calibrated on training rows) and the best
+    variant with its most sensitive node group kept in fp32 join the table; the model card shows it; a bound of 0
+    flips leaves only flip-free variants (or none: fp32 served, each row saying why)."""
+    from kdpipe.export import export_onnx
+    from kdpipe.export_search import search_table
+    from kdpipe.model_card import _search
+
+    cfg, root, _, _ = setup
+    full = cfg.model_copy(update={"export": cfg.export.model_copy(update={"search": "full"})})
+    result = export_onnx(full, student_artifact, root / "prep", tmp_path / "full")
+    names = [r["candidate"] for r in result["int8_search"]]
+    assert names[:4] == ["fused/dynamic", "unfused/dynamic", "fused/static", "unfused/static"], names
+    assert len(names) == 5 and " fp32" in names[4] and names[4].split(",")[0] in names[:4]
+    assert sum(r["chosen"] for r in result["int8_search"]) == 1 and result["int8_search_seconds"] > 0
+    table = search_table(result, [1, 32])
+    assert table.count("\n") == 2 + len(names) and "**shipped**" in table
+    assert table in _search(full, result)
+    strict = full.model_copy(update={"export": full.export.model_copy(update={"max_int8_label_flip_rate": 0.0})})
+    bound = export_onnx(strict, student_artifact, root / "prep", tmp_path / "strict")
+    assert all(r["flips"] == 0 for r in bound["int8_search"] if r["chosen"])
+    if bound["int8_path"] is None:
+        assert bound["served"] == "fp32" and "label flips" in bound["int8_rejected"]
 
 
 def test_steps_that_need_no_model_import_no_torch(setup, student_artifact, tmp_path):

@@ -362,8 +362,20 @@ class ExportConfig(_Section):
     fuse: bool = Field(True, description="apply ONNX Runtime's transformer fusions (attention, embedding and skip "
                                          "layer norms, bias GELU: what Optimum's optimization level 2 does) to BERT-"
                                          "like students before the parity check and quantization")
-    quantize: bool = Field(True, description="also write `model.int8.onnx` (dynamic int8 quantization, per-channel "
-                                             "weight scales as in Optimum's CPU configurations)")
+    quantize: bool = Field(True, description="also write `model.int8.onnx`: the int8 variant the export search "
+                                             "chooses (export.search)")
+    search: Literal["off", "fast", "full"] = Field(
+        "fast", description="int8 variants tried, each timed on the step's CPU at search_batch_sizes and judged "
+                            "by the gate's metric and its label flips; the fastest inside max_int8_metric_drop and "
+                            "the flip budget ships. off: dynamic per-channel int8 of the fused graph only; fast: "
+                            "also of the unfused graph (about 5-10 s more for a 2-layer MiniLM student on 872 rows); "
+                            "full: also static int8 calibrated on training rows, and the best variant with its most "
+                            "sensitive layer kept in fp32 (docs/benchmarks.md (b))")
+    search_batch_sizes: list[int] = Field([1, 32], min_length=1, description="batch sizes each variant is timed "
+                                                                              "at; the speed compared is the "
+                                                                              "geometric mean of its times as a "
+                                                                              "fraction of fp32's")
+    calibration_rows: int = Field(256, ge=1, description="training rows that calibrate static int8 (search: full)")
     parity_tolerance: float = Field(1e-4, gt=0, description="maximum absolute logit difference between ONNX and "
                                                             "PyTorch on validation rows; above it the export fails "
                                                             "and nothing is kept")
@@ -371,8 +383,9 @@ class ExportConfig(_Section):
                                                                 "more than this below fp32")
     max_int8_label_flip_rate: float | None = Field(
         None, ge=0, le=1,
-        description="the int8 model is also dropped if more than this fraction of evaluation rows change their "
-                    "decision from fp32 (the rate is reported either way)")
+        description="an int8 variant is also dropped if more than this fraction of evaluation rows change their "
+                    "decision from fp32; null: no more than the reference variant's (fused graph, dynamic int8: "
+                    "what search off ships), which itself is then bounded by max_int8_metric_drop only")
     parity_samples: int = Field(256, ge=1, description="validation rows used for the parity check")
     latency_seq_len: int = Field(128, ge=1, description="sequence length for latency measurements")
     latency_runs: int = Field(20, ge=1, description="timed runs per latency figure (median reported)")

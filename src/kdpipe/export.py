@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,11 @@ FUSABLE = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 
 
 def to_onnx(model, input_names: list[str], path: Path, schema: LabelSchema, metadata: dict, opset: int = 18,
-            fuse: bool = True) -> dict:
+            fuse: bool = True, unfused: Path | None = None) -> dict:
     """Export (TorchScript exporter, eager attention: the graph patterns ONNX Runtime's fusions know), then fuse
-    for CPU when the architecture is one they cover. Returns the fused operator counts ({} when not fused)."""
-    import onnx
+    for CPU when the architecture is one they cover. Returns the fused operator counts ({} when not fused).
+    `unfused`: where to keep the graph as exported, before fusion, with the same metadata (the export search
+    quantizes it too)."""
     import torch
 
     model = model.float().cpu().eval()
@@ -57,13 +59,23 @@ def to_onnx(model, input_names: list[str], path: Path, schema: LabelSchema, meta
                           dynamic_axes=axes)
     finally:
         model.set_attn_implementation(attention)
+    if unfused is not None:
+        shutil.copyfile(path, unfused)
+        _stamp(unfused, metadata)
     fused = _fuse(path, model.config) if fuse and model.config.model_type in FUSABLE else {}
+    _stamp(path, metadata)
+    return fused
+
+
+def _stamp(path: Path, metadata: dict) -> None:
+    """The task's metadata (labels, problem type, thresholds) into the graph, which is then checked."""
+    import onnx
+
     proto = onnx.load(str(path))
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
-    return fused
 
 
 def _fuse(path: Path, config) -> dict:
@@ -80,14 +92,6 @@ def _fuse(path: Path, config) -> dict:
     return counts
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8, one scale per output channel of each weight (as Optimum's CPU configs do): on the SST-2 student
-    it flipped 8 of 872 dev labels against fp32, per-tensor scales 15, at the same speed (docs/benchmarks.md (b))."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
-
-
 def onnx_logits(sess, dataset, tokenizer, batch_size: int = 128) -> np.ndarray:
     names = {i.name for i in sess.get_inputs()}
     return batched_logits(dataset, tokenizer, batch_size,
@@ -102,25 +106,29 @@ def onnx_latency_ms(sess, batch_size: int, seq_len: int, runs: int) -> float:
 
 
 def export_onnx(cfg: Config, student_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
-                metric: str | None = None) -> dict:
-    """The student artifact (distill-student's) exported, verified and timed. `metric` (the gate's; default the
-    task's primary metric) judges the int8 model. On any failed check the output folder is removed: nothing
-    half-verified is left behind."""
+                metric: str | None = None, teacher_logits: np.ndarray | None = None) -> dict:
+    """The student artifact (distill-student's) exported, verified and timed, its int8 variant chosen by the export
+    search (kdpipe.export_search). `metric` (the gate's; default the task's primary metric) judges the int8
+    candidates; `teacher_logits` (on the evaluation split) counts each one's disagreements with the teacher. On any
+    failed check the output folder is removed: nothing half-verified is left behind."""
     from kdpipe.artifacts import load_prepared
 
     prep = load_prepared(data_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _export(cfg, prep, Path(student_dir), out_dir, metric or prep.schema.primary_metric(cfg.gate.metric))
+        with tempfile.TemporaryDirectory(prefix="kdpipe-export-") as work:
+            return _export(cfg, prep, Path(student_dir), out_dir, metric or prep.schema.primary_metric(cfg.gate.metric),
+                           teacher_logits, Path(work))
     except Exception:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
 
 
-def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
+def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str, teacher_logits, work: Path) -> dict:
     from kdpipe.artifacts import Student
-    from kdpipe.metrics import decision_agreement
+    from kdpipe.drift import agrees
+    from kdpipe.export_search import search
     from kdpipe.modeling import load_classifier, load_tokenizer
 
     files = Export(out_dir)
@@ -139,7 +147,9 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
                 "max_length": str(cfg.data.max_length), "producer": "kdpipe"}
     if isinstance(thresholds, list):
         metadata["thresholds"] = thresholds  # per label, tuned on validation: what predict and serving decide with
-    fused = to_onnx(model, input_names, files.fp32, schema, metadata, e.opset, e.fuse)
+    searching = e.quantize and e.search != "off"
+    fused = to_onnx(model, input_names, files.fp32, schema, metadata, e.opset, e.fuse,
+                    unfused=work / "unfused.onnx" if searching else None)
     tokenizer.save_pretrained(str(out_dir))
     split = prep.eval_split
 
@@ -149,6 +159,11 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
         eval_logits = val_logits if split == "validation" else onnx_logits(sess, prep.dataset[split], tokenizer)
         return compute_metrics(val_logits, labels, schema, thresholds), eval_logits
 
+    def timed(path: Path) -> dict[int, float]:
+        sess = session(path)
+        return {b: onnx_latency_ms(sess, b, e.latency_seq_len, e.latency_runs if b == 1 else max(3, e.latency_runs // 4))
+                for b in e.search_batch_sizes}
+
     rows = min(e.parity_samples, len(val))
     fp32 = session(files.fp32)
     parity = float(np.abs(onnx_logits(fp32, val.select(range(rows)), tokenizer, 32) - torch_logits[:rows]).max())
@@ -156,40 +171,68 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str) -> dict:
         raise ExportError(f"ONNX and PyTorch logits differ by {parity:.2e} on {rows} validation rows "
                           f"(export.parity_tolerance {e.parity_tolerance}); the exported model is not trusted")
     fp32_metrics, fp32_eval = scored(fp32)
+    fp32_decided = schema.decide(schema.scores(fp32_eval), thresholds)
+    teacher_decided = (None if teacher_logits is None
+                       else schema.decide(schema.scores(teacher_logits), cfg.metrics.threshold))
+
+    def judge(path: Path) -> dict:
+        metrics, eval_logits = scored(session(path))
+        decided = schema.decide(schema.scores(eval_logits), thresholds)
+        flips = int((~agrees(decided, fp32_decided)).sum())
+        return {"metrics": metrics, "metric": metric, "metric_drop": fp32_metrics[metric] - metrics[metric],
+                "flips": flips,
+                "flip_rate": flips / max(len(decided), 1),
+                **({} if teacher_decided is None
+                   else {"teacher_disagreements": int((~agrees(decided, teacher_decided)).sum())})}
+
+    fp32_ms = timed(files.fp32)
     result = {"path": str(files.fp32), "max_abs_logit_diff": parity, "parity_rows": rows, "fused_operators": fused,
               "metrics_torch": compute_metrics(torch_logits, labels, schema, thresholds),
               "metrics_fp32": fp32_metrics,
-              "latency_ms": {"fp32_b1": onnx_latency_ms(fp32, 1, e.latency_seq_len, e.latency_runs),
-                             "fp32_b32": onnx_latency_ms(fp32, 32, e.latency_seq_len, max(3, e.latency_runs // 4))},
+              "latency_ms": {f"fp32_b{b}": ms for b, ms in fp32_ms.items()},
               "size_mb": {"fp32": files.fp32.stat().st_size / 2**20}}
+    if teacher_decided is not None:
+        result["fp32_teacher_disagreements"] = int((~agrees(fp32_decided, teacher_decided)).sum())
     if e.quantize:
-        quantize_int8(files.fp32, files.int8)
-        int8 = session(files.int8)
-        int8_metrics, int8_eval = scored(int8)
-        flips = decision_agreement(fp32_eval, int8_eval, schema, thresholds, thresholds)
-        result.update(_int8_verdict(out_dir, fp32_metrics, int8_metrics, metric, 1.0 - flips["rows"], split, e))
-        result["latency_ms"].update({"int8_b1": onnx_latency_ms(int8, 1, e.latency_seq_len, e.latency_runs),
-                                     "int8_b32": onnx_latency_ms(int8, 32, e.latency_seq_len,
-                                                                 max(3, e.latency_runs // 4))})
-        result["size_mb"]["int8"] = files.int8.stat().st_size / 2**20 if result["int8_path"] else None
+        graphs = {("fused" if fused else "unfused"): files.fp32}
+        if searching and fused:
+            graphs["unfused"] = work / "unfused.onnx"
+        searched = search(e.search, graphs, work, judge, timed, fp32_ms, e, _calibration(prep, tokenizer, input_names,
+                                                                                         e.calibration_rows))
+        result.update(_int8_result(searched, files, metric, split))
+        if searched.chosen is not None:
+            result["latency_ms"].update({f"int8_b{b}": ms for b, ms in searched.chosen["latency_ms"].items()})
+            result["size_mb"]["int8"] = files.int8.stat().st_size / 2**20
     result["served"] = files.served  # what predict, the registered model and serving run unless asked otherwise
     return result
 
 
-def _int8_verdict(out_dir: Path, fp32_metrics: dict, int8_metrics: dict, metric: str, flip_rate: float,
-                  split: str, e) -> dict:
-    """The int8 model is kept only when its `metric` (the gate's) drops by at most export.max_int8_metric_drop
-    on validation and, when set, at most export.max_int8_label_flip_rate of the evaluation rows change decision."""
-    drop = fp32_metrics[metric] - int8_metrics[metric]
-    result = {"int8_path": str(Export(out_dir).int8), "metrics_int8": int8_metrics, "int8_metric": metric,
-              "int8_metric_drop": drop, "int8_label_flip_rate": flip_rate, "int8_label_flip_split": split}
-    why = []
-    if drop > e.max_int8_metric_drop:
-        why.append(f"int8 {metric} drop {drop:.4f} > export.max_int8_metric_drop {e.max_int8_metric_drop}")
-    if e.max_int8_label_flip_rate is not None and flip_rate > e.max_int8_label_flip_rate:
-        why.append(f"int8 changes the decision on {flip_rate:.2%} of {split} rows > "
-                   f"export.max_int8_label_flip_rate {e.max_int8_label_flip_rate}")
-    if why:
-        Export(out_dir).int8.unlink()
-        result.update({"int8_path": None, "int8_rejected": "; ".join(why)})
-    return result
+def _calibration(prep, tokenizer, input_names: list[str], rows: int):
+    """Feeds of training rows (batches of 32, padded) for static int8's calibration."""
+    def feeds():
+        train = prep.dataset["train"].select(range(min(rows, len(prep.dataset["train"]))))
+        for start in range(0, len(train), 32):
+            batch = tokenizer.pad({k: train[k][start:start + 32] for k in input_names}, return_tensors="np")
+            yield {k: np.asarray(batch[k], dtype=np.int64) for k in input_names}
+
+    return feeds
+
+
+def _int8_result(searched, files: Export, metric: str, split: str) -> dict:
+    """The chosen int8 variant as model.int8.onnx, with its figures; or why none is shipped, with the figures of
+    the reference variant (the rates are reported either way)."""
+    from kdpipe.export_search import keep, public
+
+    out = {"int8_search": public(searched), "int8_search_seconds": searched.seconds, "int8_metric": metric,
+           "int8_label_flip_split": split}
+    chosen, shown = searched.chosen, searched.chosen or searched.rows[0]
+    if "error" not in shown:
+        out.update({"metrics_int8": shown["metrics"], "int8_metric_drop": shown["metric_drop"],
+                    "int8_label_flip_rate": shown["flip_rate"], "int8_label_flips": shown["flips"],
+                    "int8_teacher_disagreements": shown.get("teacher_disagreements")})
+    if chosen is None:
+        reasons = searched.rows[0]["why_not"] if len(searched.rows) == 1 else "; ".join(
+            f"{r['candidate']}: {r['why_not']}" for r in searched.rows)
+        return {**out, "int8_path": None, "int8_rejected": reasons}
+    keep(searched, files.int8)
+    return {**out, "int8_path": str(files.int8), "int8_variant": chosen["candidate"]}

@@ -33,7 +33,7 @@ def model_card(cfg, info: dict, gate, exported: dict) -> str:
 A student distilled by kdpipe from the teacher `{cfg.teacher.model}`: {student}, exported to ONNX
 (fp32{', int8' if exported.get('int8_path') else ''}) and verified against PyTorch (max logit difference
 {exported.get('max_abs_logit_diff', float('nan')):.1e}). **Served: {exported.get('served', 'fp32')}**
-({'int8 passed its export checks' if exported.get('served') == 'int8' else 'int8 ' + (exported.get('int8_rejected') or 'was not made')});
+({'int8 (' + str(exported.get('int8_variant')) + ', chosen by the export search) passed its export checks' if exported.get('served') == 'int8' else 'int8 ' + (exported.get('int8_rejected') or 'was not made')});
 `kdpipe predict --variant fp32`, or model_config `{{"variant": "fp32"}}` (`SERVING_MODEL_CONFIG` for `mlflow models serve`), runs the other file.
 
 **Task**: {'multi-label (independent sigmoid per label)' if multi else 'single-label (softmax)'} over
@@ -65,8 +65,9 @@ int8 changes the decision on {exported.get('int8_label_flip_rate', float('nan'))
 
 ## Speed and size (CPU)
 - ONNX latency, batch 1: fp32 {lat.get('fp32_b1', float('nan')):.2f} ms{f", int8 {lat['int8_b1']:.2f} ms" if 'int8_b1' in lat else ''};
-  batch 32: fp32 {lat.get('fp32_b32', float('nan')):.2f} ms; {cfg.export.latency_seq_len} tokens
+  batch 32: fp32 {lat.get('fp32_b32', float('nan')):.2f} ms{f", int8 {lat['int8_b32']:.2f} ms" if 'int8_b32' in lat else ''}; {cfg.export.latency_seq_len} tokens
 - size: fp32 {size.get('fp32', float('nan')):.1f} MB{f", int8 {size['int8']:.1f} MB" if size.get('int8') else ''}
+{_search(cfg, exported)}
 
 ## Intended use and limits
 - Intended: the classification task and text domain of the training data above, in the language of its teacher.
@@ -116,3 +117,14 @@ def push_registered(uri: str, name: str, version: str, repo_id: str) -> str:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
         folder = next(local.rglob(Export.FP32)).parent  # the export folder, the pyfunc's artifact
         return push_to_hub(str(folder), repo_id)
+
+
+def _search(cfg, exported: dict) -> str:
+    """The export search's table (export.search), the int8 variants tried on the export step's CPU."""
+    from kdpipe.export_search import search_table
+
+    if not exported.get("int8_search"):
+        return ""
+    return (f"\nThe int8 variants the export tried (export.search {cfg.export.search}, "
+            f"{exported['int8_search_seconds']:.1f} s), flips counted on the {exported['int8_label_flip_split']} "
+            f"rows:\n\n" + search_table(exported, cfg.export.search_batch_sizes))

@@ -287,6 +287,7 @@ def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, teache
     from kdpipe.drift import profile
     from kdpipe.serving import OnnxClassifier
     from kdpipe.export import export_onnx
+    from kdpipe.export_search import search_table
     from kdpipe.model_card import model_card
     from kdpipe.registry import register_onnx
     from kdpipe.run_record import log_model_metrics
@@ -294,7 +295,10 @@ def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, teache
     if not gate.passed:
         raise RuntimeError("export_register reached with a failed gate; refusing to register")
     cfg, prep = ctx.cfg, load_prepared(dataset_dir)
-    exported = export_onnx(cfg, student_dir, dataset_dir, onnx_dir, metric=gate.metric)
+    eval_teacher = teacher_logits(teacher_logits_dir).load(prep.eval_split, prep.fingerprint(prep.eval_split))
+    exported = export_onnx(cfg, student_dir, dataset_dir, onnx_dir, metric=gate.metric, teacher_logits=eval_teacher)
+    if exported.get("int8_search"):
+        ctx.log_text(search_table(exported, cfg.export.search_batch_sizes), "export_search.md")
     student = Student(student_dir)
     rows = prep.dataset[prep.eval_split]
     recent = _recent(prep, student, teacher_logits_dir)
@@ -314,8 +318,7 @@ def export_register(ctx: StepContext, dataset_dir: str, student_dir: str, teache
     # The baseline: the rows this version was judged on, which neither model trained on (the gate's, and the
     # recent texts a drift-triggered retrain held out: the traffic it was made for).
     texts = list(rows["text"]) + (list(recent[0]) if recent else [])
-    teachers = teacher_logits(teacher_logits_dir).load(prep.eval_split, prep.fingerprint(prep.eval_split))
-    teachers = np.concatenate([teachers, recent[2]]) if recent else teachers
+    teachers = np.concatenate([eval_teacher, recent[2]]) if recent else eval_teacher
     exported["drift_baseline"] = profile(served.run(texts)[1], prep.schema.scores(teachers), prep.schema,
                                          served.threshold, cfg.metrics.threshold)
     exported["registry"] = register_onnx(cfg, onnx_dir, gate, examples, rejudge, card, exported["drift_baseline"])

@@ -124,7 +124,8 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path | s
                      "promoted", gate.get("promote_to_champion"))} if gate else None,
         "onnx": {"path": export.get("path"), "int8_path": export.get("int8_path"), "served": export.get("served"),
                  "max_abs_logit_diff": export.get("max_abs_logit_diff"), "latency_ms": export.get("latency_ms"),
-                 "int8_label_flip_rate": export.get("int8_label_flip_rate"), "int8_rejected": export.get("int8_rejected")}
+                 "int8_label_flip_rate": export.get("int8_label_flip_rate"), "int8_rejected": export.get("int8_rejected"),
+                 "int8_variant": export.get("int8_variant"), "int8_search_seconds": export.get("int8_search_seconds")}
         if export else None,
         "registry": export.get("registry"),
         "mlflow": {"tracking_uri": cfg.tracking.uri, "experiment": cfg.tracking.experiment,
@@ -187,8 +188,10 @@ def print_summary(summary: dict, steps: bool = True) -> None:
         print(f"    note: {note}")
     if summary.get("registry"):
         r = summary["registry"]
+        onnx = summary["onnx"]
+        variant = f" ({onnx['int8_variant']}, of the export search)" if onnx["served"] == "int8" and onnx.get("int8_variant") else ""
         print(f"  registered {r['registered_model']} v{r['version']} aliases {r['aliases']}; serves ONNX "
-              f"{summary['onnx']['served']}: {summary['onnx']['int8_path' if summary['onnx']['served'] == 'int8' else 'path']}")
+              f"{onnx['served']}{variant}: {onnx['int8_path' if onnx['served'] == 'int8' else 'path']}")
         if r.get("champion", {}).get("decided_again"):
             print(f"    champion moved to v{r['champion']['champion_before']} while this run was judged: decided again")
     for error in summary["errors"]:
