@@ -28,6 +28,9 @@ def test_valid_config_and_overrides(raw):
     assert cfg.student.layers == [0, 1] and cfg.tracking.experiment == "exp"
     assert cfg.distillation.teacher_logits == "cached"
     assert len(cfg.hash()) == 16
+    # YAML reads a bare `off` as false: export.search takes it as the word meant
+    assert load_config(raw=raw, overrides=["export.search=off"]).export.search == "off"
+    assert load_config(raw={**raw, "export": {"search": False}}).export.search == "off"
 
 
 @pytest.mark.parametrize("override, field", [
@@ -38,6 +41,7 @@ def test_valid_config_and_overrides(raw):
     ("distillation.learning_rte=1e-4", "distillation.learning_rte"),
     ("gate.min_metric=2", "gate.min_metric"),
     ("data.max_train_samples=0", "data.max_train_samples"),
+    ("export.search=on", "export.search"),
 ])
 def test_bad_values_name_the_field(raw, override, field):
     with pytest.raises(ConfigError) as e:

@@ -52,3 +52,9 @@ def test_why_a_variant_is_not_shipped_names_the_limit():
     assert _why_not(row("x", 0.5, 0, drop=0.03), None, limits()) == (
         "accuracy drop 0.0300 > export.max_int8_metric_drop 0.02")
     assert _best([row("a", 0.6, 3), row("b", 0.6, 1)], None, limits())["candidate"] == "b"  # a tie: fewer flips
+
+
+def test_speeds_within_the_machines_noise_are_level_and_fewer_flips_decide():
+    """2% faster is inside this CPU's run-to-run spread: the variant with fewer flips ships; 10% faster is not."""
+    assert _best([row("reference", 0.60, 5), row("other", 0.59, 9)], None, limits())["candidate"] == "reference"
+    assert _best([row("reference", 0.60, 5), row("other", 0.54, 9)], None, limits())["candidate"] == "other"

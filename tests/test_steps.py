@@ -194,6 +194,7 @@ def student_artifact(setup):
 
 def test_export_parity_metadata_int8_and_predict(setup, student_artifact, capsys):
     from kdpipe.export import export_onnx
+    from kdpipe.export_search import TIE
     from kdpipe.serving import OnnxClassifier
 
     cfg, root, teacher, prep = setup
@@ -209,7 +210,7 @@ def test_export_parity_metadata_int8_and_predict(setup, student_artifact, capsys
     [chosen] = [r for r in searched if r["chosen"]]
     assert chosen["candidate"] == result["int8_variant"] and chosen["why_not"] is None
     assert chosen["latency_ms"][32] == result["latency_ms"]["int8_b32"] and chosen["flips"] == result["int8_label_flips"]
-    assert all(r["speed"] >= chosen["speed"] for r in searched if r["why_not"] is None)
+    assert all(r["speed"] * (1 + TIE) >= chosen["speed"] for r in searched if r["why_not"] is None)
     # int8 passed its checks: it is what the folder serves; fp32 on request.
     assert result["served"] == "int8"
     clf, fp32 = OnnxClassifier(root / "onnx"), OnnxClassifier(root / "onnx", "fp32")

@@ -368,14 +368,19 @@ class ExportConfig(_Section):
         "fast", description="int8 variants tried, each timed on the step's CPU at search_batch_sizes and judged "
                             "by the gate's metric and its label flips; the fastest inside max_int8_metric_drop and "
                             "the flip budget ships. off: dynamic per-channel int8 of the fused graph only; fast: "
-                            "also of the unfused graph (about 5-10 s more for a 2-layer MiniLM student on 872 rows); "
+                            "also of the unfused graph (4-7 s more than off for a 2-layer MiniLM student judged on 872 rows); "
                             "full: also static int8 calibrated on training rows, and the best variant with its most "
-                            "sensitive layer kept in fp32 (docs/benchmarks.md (b))")
+                            "sensitive layer kept in fp32 (17-46 s more; docs/benchmarks.md (b))")
     search_batch_sizes: list[int] = Field([1, 32], min_length=1, description="batch sizes each variant is timed "
                                                                               "at; the speed compared is the "
                                                                               "geometric mean of its times as a "
                                                                               "fraction of fp32's")
     calibration_rows: int = Field(256, ge=1, description="training rows that calibrate static int8 (search: full)")
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        return "off" if v is False else v  # YAML reads a bare `off` (in a file or --set) as false
     parity_tolerance: float = Field(1e-4, gt=0, description="maximum absolute logit difference between ONNX and "
                                                             "PyTorch on validation rows; above it the export fails "
                                                             "and nothing is kept")

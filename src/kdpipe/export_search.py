@@ -99,42 +99,53 @@ class Searched:
     rows: list[dict] = field(default_factory=list)
     chosen: dict | None = None
     seconds: float = 0.0
+    fp32_ms: dict = field(default_factory=dict)  # the shipped fp32 graph's times, measured in the same rounds
 
 
-def search(mode: str, graphs: dict[str, Path], work: Path, judge, timed, fp32_ms: dict, limits,
-           calibration=None) -> Searched:
-    """Make, judge and time every candidate of `mode` in `work`; choose the fastest inside the budget.
+ROUNDS = 3  # timing rounds over all variants: a slow moment of the machine does not fall on one variant only
+TIE = 0.03  # variants whose speeds differ by less are level on this (noisy) measure: fewer flips decide
+
+
+def search(mode: str, graphs: dict[str, Path], work: Path, judge, timed, limits, calibration=None) -> Searched:
+    """Make and judge every candidate of `mode` in `work`, time them with the shipped fp32 graph in rounds (each
+    one's best round), and choose the fastest inside the budget.
 
     graphs: the fp32 graphs by kind (the shipped fp32 graph's first). judge(path) -> {"metric_drop", "flips",
-    "flip_rate", "teacher_disagreements", "metrics"}; timed(path) -> {batch size: ms}, fp32_ms the shipped fp32
-    graph's; limits: the export config (max_int8_metric_drop, max_int8_label_flip_rate). Speed: the geometric
-    mean over the batch sizes of each variant's time as a fraction of fp32's."""
+    "flip_rate", "teacher_disagreements", "metrics"}; timed(path) -> {batch size: ms}; limits: the export config
+    (max_int8_metric_drop, max_int8_label_flip_rate). Speed: the geometric mean over the batch sizes of each
+    variant's time as a fraction of fp32's."""
     began = time.perf_counter()
     out = Searched()
 
-    def run(candidate: Candidate) -> dict:
+    def made(candidate: Candidate) -> dict:
         path = work / f"{re.sub(r'[^a-z0-9]+', '-', candidate.name)}.onnx"
         row = {"candidate": candidate.name, "path": str(path), "_candidate": candidate}
         try:
             quantize(candidate, graphs[candidate.graph], path, calibration)
             row.update(judge(path))
-            row["latency_ms"] = timed(path)
         except Exception as e:  # noqa: BLE001 (a candidate ONNX Runtime cannot make or run is a row, not a failure)
             row.update({"error": str(e).splitlines()[0][:300] if str(e) else type(e).__name__})
-            return row
-        row["speed"] = float(np.exp(np.mean([np.log(row["latency_ms"][b] / fp32_ms[b]) for b in fp32_ms])))
-        row["size_mb"] = path.stat().st_size / 2**20
         return row
 
-    for candidate in first_candidates(mode, list(graphs)):
-        out.rows.append(run(candidate))
+    out.rows = [made(c) for c in first_candidates(mode, list(graphs))]
+    if mode == "full" and "error" not in out.rows[0]:  # the reference, its most flip-prone node group in fp32
+        out.rows.append(made(_least_sensitive_variant(out.rows[0]["_candidate"], graphs, work, judge, calibration)))
+    timing = {"fp32": graphs[next(iter(graphs))], **{r["candidate"]: Path(r["path"]) for r in out.rows
+                                                     if "error" not in r}}
+    best: dict[str, dict] = {}
+    for _ in range(ROUNDS):
+        for name, path in timing.items():
+            ms = timed(path)
+            best[name] = {b: min(v, best.get(name, ms)[b]) for b, v in ms.items()}
+    out.fp32_ms = best["fp32"]
+    for row in out.rows:
+        if "error" not in row:
+            row["latency_ms"] = best[row["candidate"]]
+            row["speed"] = float(np.exp(np.mean([np.log(row["latency_ms"][b] / out.fp32_ms[b]) for b in out.fp32_ms])))
+            row["size_mb"] = Path(row["path"]).stat().st_size / 2**20
     reference = out.rows[0]
     flip_limit = (limits.max_int8_label_flip_rate if limits.max_int8_label_flip_rate is not None
                   else reference.get("flip_rate"))
-    if mode == "full":  # the best so far, its most sensitive layer kept in fp32
-        best = _best(out.rows, flip_limit, limits, any_flips=True)
-        if best is not None:
-            out.rows.append(run(_least_sensitive_variant(best["_candidate"], graphs, work, judge, calibration)))
     for row in out.rows:
         row["why_not"] = _why_not(row, flip_limit, limits)
     out.chosen = _best(out.rows, flip_limit, limits)
@@ -158,16 +169,20 @@ def _why_not(row: dict, flip_limit: float | None, limits) -> str | None:
     return "; ".join(why) or None
 
 
-def _best(rows: list[dict], flip_limit, limits, any_flips: bool = False) -> dict | None:
-    """The fastest row inside the budget (fewer flips breaks a tie); any_flips: ignoring the flip budget."""
+def _best(rows: list[dict], flip_limit, limits) -> dict | None:
+    """The fastest row inside the budget; rows within TIE of it are level, and of those the one with the fewest
+    flips (then the smallest file) ships."""
     ok = [r for r in rows if "error" not in r and r["metric_drop"] <= limits.max_int8_metric_drop
-          and (any_flips or flip_limit is None or r["flip_rate"] <= flip_limit)]
-    return min(ok, key=lambda r: (round(r["speed"], 3), r["flips"]), default=None)
+          and (flip_limit is None or r["flip_rate"] <= flip_limit)]
+    if not ok:
+        return None
+    fastest = min(r["speed"] for r in ok)
+    return min((r for r in ok if r["speed"] <= fastest * (1 + TIE)), key=lambda r: (r["flips"], r.get("size_mb", 0)))
 
 
 def _least_sensitive_variant(candidate: Candidate, graphs: dict[str, Path], work: Path, judge, calibration) -> Candidate:
     """The candidate with the one node group kept in fp32 whose quantization flips the most decisions: each group
-    left in fp32 in turn, judged (not timed)."""
+    left in fp32 in turn, judged (not timed); the group that leaves the fewest flips."""
     flips = {}
     for group in node_groups(graphs[candidate.graph]):
         trial = Candidate(candidate.graph, candidate.method, (group,))
