@@ -152,6 +152,8 @@ def test_a_fine_tuned_teacher_is_recorded_then_adopted_and_a_damaged_one_is_trai
     cfg.tracking.keep_checkpoints = False
     first = prepare_teacher(cfg, "run-1", str(root / "prep"), str(tmp_path / "t1"))
     assert first["finetuned"] and not first["reused"] and first["teacher_version"] == "1"
+    assert [set(h) >= {"epoch", "eval_loss", "eval_accuracy"} for h in first["learning_curve"]] == [True]  # 1 epoch
+    assert first["best_epoch"] == first["epochs_run"] == 1
     cfg.distillation.alpha = 0.3  # a student setting: the same teacher
     second = prepare_teacher(cfg, "run-2", str(root / "prep"), str(tmp_path / "t2"))
     assert second["reused"] and not second["finetuned"] and second["teacher_ref"] == first_ref(cfg)

@@ -110,6 +110,25 @@ def test_the_same_config_and_data_train_the_same_teacher_and_student(setup, tiny
     assert (logits[0] == logits[1]).all()
 
 
+def test_teacher_fine_tuning_keeps_its_best_epoch_and_stops_when_validation_stops_improving(setup, tiny_bert,
+                                                                                           tmp_path):
+    """Each epoch judged on validation (the gate's metric); training stops after `early_stopping_patience` epochs
+    without improvement, and the teacher is the best epoch's weights, not the last epoch's: its validation
+    accuracy, computed after training, is the curve's maximum."""
+    from kdpipe.teacher import finetune_teacher
+
+    cfg, root, _, _ = setup
+    base = cfg.model_copy(deep=True)
+    base.teacher.model = tiny_bert
+    base.teacher.epochs, base.teacher.early_stopping_patience, base.teacher.learning_rate = 5, 1, 3e-4
+    trained = finetune_teacher(base, root / "prep", tmp_path / "teacher")
+    accuracy = [h["eval_accuracy"] for h in trained["epoch_history"]]
+    best = accuracy.index(max(accuracy))
+    assert trained["metrics"]["accuracy"] == pytest.approx(accuracy[best], abs=1e-6), accuracy
+    assert trained["best_epoch"] == pytest.approx(trained["epoch_history"][best]["epoch"])
+    assert len(accuracy) <= 5 and (len(accuracy) == 5 or best == len(accuracy) - 2), accuracy
+
+
 def test_teacher_logits_cached_and_keyed_to_data(setup):
     cfg, root, teacher, prep = setup
     result = evaluate_teacher(cfg, root / "prep", teacher, root / "teval")

@@ -39,7 +39,11 @@ class TeacherConfig(_Section):
         "auto", description="`auto`: fine-tune first only when the teacher is not yet a classifier for these labels "
                             "(no classification head, another number of labels, other label names, other problem "
                             "type); `always`; `never` (error if it is not a classifier for these labels)")
-    epochs: float = Field(3.0, gt=0, description="fine-tuning epochs")
+    epochs: float = Field(3.0, gt=0, description="fine-tuning epochs (at most, with early stopping)")
+    early_stopping_patience: int | None = Field(
+        1, ge=1, description="fine-tuning stops when the validation metric (gate.metric) has not improved for this "
+                             "many epochs; the best epoch's weights are the teacher either way (null: every epoch "
+                             "runs, the best is still kept)")
     learning_rate: float = Field(5e-5, gt=0, description="fine-tuning learning rate")
     batch_size: int = Field(32, ge=1, description="fine-tuning batch size")
     reuse: Literal["auto", "never"] = Field(

@@ -90,11 +90,17 @@ def prepare_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, force:
                           f"({adopted['reference']}), adopted"}
     ctx.log_datasets(dataset_dir, ["train", "validation"])
     trained = finetune_teacher(cfg, dataset_dir, teacher_dir, keeper=ctx.checkpoints())
+    # The learning curve: each epoch's validation figures, as MLflow curves and in the step's result.
+    curve = [{k: v for k, v in h.items() if k == "epoch" or k.startswith("eval_") and not k.endswith(
+        ("_runtime", "_per_second"))} for h in trained.pop("epoch_history", [])]
+    for name in sorted({k for h in curve for k in h if k != "epoch"}):
+        ctx.log_history(f"teacher_{name}", [(int(round(h["epoch"])), h[name]) for h in curve if name in h])
     version = record_teacher(cfg, ctx.run_id, trained["model_dir"], key, trained["digest"], ctx.pipeline_run)
     ctx.tag_parent({"kdpipe.teacher_version": version})
     return {"finetuned": True, "reused": False, "reason": why, "teacher_ref": "", "teacher_key": key,
             "teacher_digest": trained["digest"],
-            "teacher_version": version, "metrics": trained["metrics"], "train_runtime_s": trained["train_runtime_s"]}
+            "teacher_version": version, "metrics": trained["metrics"], "train_runtime_s": trained["train_runtime_s"],
+            "learning_curve": curve, "epochs_run": trained.get("epochs_run"), "best_epoch": trained.get("best_epoch")}
 
 
 @tracked_step()

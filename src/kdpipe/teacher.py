@@ -39,7 +39,7 @@ def teacher_needs_finetuning(cfg: Config, schema) -> tuple[bool, str]:
 def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, keeper=None) -> dict:
     """Pipeline step: supervised fine-tuning of the teacher (the distillation trainer with alpha=1), data parallel
     when the step has several training processes (kdpipe.parallel)."""
-    from transformers import set_seed
+    from transformers import EarlyStoppingCallback, set_seed
 
     from kdpipe.losses import DistillationLoss
     from kdpipe.trainer import DistillationTrainer, KDCollator, train, training_arguments
@@ -56,16 +56,24 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, kee
     set_seed(cfg.distillation.seed)  # the new classification head is drawn here, before the Trainer seeds
     model = load_classifier(source, prep.schema, cfg.trust_remote_code, cfg.teacher.revision, what="teacher.model")
     t = cfg.teacher
+    metric = prep.schema.primary_metric(cfg.gate.metric)
+    # Each epoch is judged on validation; the best epoch's weights are loaded at the end (a later, worse epoch
+    # never becomes the teacher), and with a patience training stops once the metric stops improving.
     args = training_arguments(out_dir / "checkpoints", epochs=t.epochs, learning_rate=t.learning_rate,
                               batch_size=t.batch_size, eval_batch_size=cfg.distillation.eval_batch_size,
                               weight_decay=0.01, warmup=0.1, seed=cfg.distillation.seed,
                               mixed_precision=cfg.distillation.mixed_precision,
-                              group_by_length=cfg.distillation.group_by_length)
+                              group_by_length=cfg.distillation.group_by_length, load_best_model_at_end=True,
+                              metric_for_best_model=metric, greater_is_better=True)
     hard_labels_only = DistillationLoss([LossTerm(name="auto", alpha=1.0, temperature=1.0)], prep.schema)
+    stopping = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
     trainer = DistillationTrainer(model=model, args=args, train_dataset=prep.dataset["train"],
                                   eval_dataset=prep.dataset["validation"], data_collator=KDCollator(tokenizer),
-                                  loss=hard_labels_only)
+                                  loss=hard_labels_only, callbacks=stopping,
+                                  compute_metrics=lambda p: compute_metrics(p.predictions, p.label_ids, prep.schema,
+                                                                            cfg.metrics.threshold))
     stats = train(trainer, out_dir / "checkpoints", teacher_key(cfg, prep), keeper)
+    history = [h for h in trainer.state.log_history if "eval_loss" in h]
     if not parallel.is_main():
         return {}  # rank 0 saves the teacher
     model.save_pretrained(str(out_dir / "model"), safe_serialization=True)
@@ -73,7 +81,10 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, kee
     logits = predict_logits(model, prep.dataset["validation"], tokenizer, cfg.distillation.eval_batch_size)
     metrics = compute_metrics(logits, np.asarray(prep.dataset["validation"]["labels"]), prep.schema,
                               cfg.metrics.threshold)
-    return {"model_dir": str(out_dir / "model"), "metrics": metrics, "digest": weights_digest(model), **stats}
+    best = trainer.state.best_metric
+    return {"model_dir": str(out_dir / "model"), "metrics": metrics, "digest": weights_digest(model), **stats,
+            "epoch_history": history, "epochs_run": history[-1]["epoch"] if history else None,
+            "best_epoch": next((h["epoch"] for h in history if h.get(f"eval_{metric}") == best), None)}
 
 
 def teacher_source(cfg: Config, teacher_dir: str | Path, teacher_ref: str) -> str:

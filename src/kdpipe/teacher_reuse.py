@@ -33,6 +33,8 @@ def teacher_key(cfg: Config, prep: Prepared) -> str:
 
     t, d = cfg.teacher, cfg.distillation
     decides = {"model": t.model, "revision": t.revision, "epochs": t.epochs, "learning_rate": t.learning_rate,
+               "early_stopping_patience": t.early_stopping_patience, "best_epoch_kept": True,
+               "metric": prep.schema.primary_metric(cfg.gate.metric),
                "batch_size": t.batch_size, "seed": d.seed, "mixed_precision": d.mixed_precision,
                "group_by_length": d.group_by_length,
                "processes": processes(cfg), "data": [prep.fingerprint("train"), prep.fingerprint("validation")],
