@@ -72,7 +72,7 @@ def teacher_scores(cfg, ref: str, texts: list[str], schema) -> np.ndarray:
     return schema.scores(predict_logits(model, rows, tokenizer, cfg.teacher.batch_size, "teacher on recent texts"))
 
 
-def measure(cfg, texts: list[str], texts_ref: str, client=None) -> dict:
+def measure(cfg, texts: list[str], texts_ref: str) -> dict:
     """The drift figures of the champion on `texts` against its registration baseline (kdpipe.drift.compare),
     with the champion's version, its teacher and the seconds each part took."""
     import mlflow
@@ -81,9 +81,8 @@ def measure(cfg, texts: list[str], texts_ref: str, client=None) -> dict:
     from kdpipe.pyfunc import load_registered
     from kdpipe.tracking import mlflow_client
 
-    client = client or mlflow_client(cfg)
     mlflow.set_tracking_uri(cfg.tracking.uri)  # the registry the champion is loaded from: the config's
-    version, baseline, teacher = champion_and_teacher(cfg, client)
+    version, baseline, teacher = champion_and_teacher(cfg, mlflow_client(cfg))
     began = time.perf_counter()
     champion = load_registered(f"models:/{cfg.tracking.registered_model}/{version}")
     scores = champion.run(texts)[1]
@@ -98,8 +97,8 @@ def measure(cfg, texts: list[str], texts_ref: str, client=None) -> dict:
 
 
 def record(result: dict) -> dict:
-    """A drift result's figures and settings as MLflow params/metrics/tags, the same in the command's run and in
-    the pipeline's preprocess step."""
+    """A drift result's figures and outcome as MLflow metrics and tags, the same in the command's run and in the
+    pipeline's preprocess step."""
     metrics = {k: result[k] for k in ("agreement_then", "agreement_now", "disagreement_increase", "psi",
                                       "teacher_psi") if result.get(k) is not None}
     return {"metrics": metrics, "tags": {"kdpipe.drifted": str(result["drifted"]).lower(),

@@ -224,7 +224,7 @@ def _calibration(prep, tokenizer, input_names: list[str], rows: int):
 def _int8_result(searched, files: Export, metric: str, split: str) -> dict:
     """The chosen int8 variant as model.int8.onnx, with its figures; or why none is shipped, with the figures of
     the reference variant (the rates are reported either way)."""
-    from kdpipe.export_search import keep, public
+    from kdpipe.export_search import public
 
     out = {"int8_search": public(searched), "int8_search_seconds": searched.seconds, "int8_metric": metric,
            "int8_label_flip_split": split}
@@ -237,5 +237,5 @@ def _int8_result(searched, files: Export, metric: str, split: str) -> dict:
         reasons = searched.rows[0]["why_not"] if len(searched.rows) == 1 else "; ".join(
             f"{r['candidate']}: {r['why_not']}" for r in searched.rows)
         return {**out, "int8_path": None, "int8_rejected": reasons}
-    keep(searched, files.int8)
+    shutil.copyfile(chosen["path"], files.int8)  # out of the search's work folder, which is removed
     return {**out, "int8_path": str(files.int8), "int8_variant": chosen["candidate"]}

@@ -8,7 +8,6 @@ with its most sensitive layer kept in fp32. docs/benchmarks.md (b) has the figur
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,7 +220,3 @@ def search_table(exported: dict, batch_sizes: list[int]) -> str:
 def public(searched: Searched) -> list[dict]:
     """The table's rows as the step's result keeps them (no paths into the step's work folder)."""
     return [{k: v for k, v in r.items() if not k.startswith("_") and k != "path"} for r in searched.rows]
-
-
-def keep(searched: Searched, dst: Path) -> None:
-    shutil.copyfile(searched.chosen["path"], dst)
