@@ -91,7 +91,8 @@ def cached_teacher(cfg, work: Path) -> dict:
 
     done = work / "teacher.json"
     d = cfg.data  # only what trains the teacher: new data settings (a transfer set) must not retrain it
-    key = "|".join(map(str, [cfg.teacher.model_dump_json(), d.train, d.validation, d.text_column, d.label_columns,
+    t = cfg.teacher.model_dump_json(exclude=set(cfg.teacher.NOT_DECIDING))  # not the run's own logit store
+    key = "|".join(map(str, [t, d.train, d.validation, d.text_column, d.label_columns,
                              d.max_length, d.max_train_samples, d.seed, cfg.distillation.seed]))
     if done.is_file() and json.loads(done.read_text())["key"] == key:
         return json.loads(done.read_text())

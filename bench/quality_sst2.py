@@ -57,7 +57,8 @@ def config(args, variant: dict, seed: int):
                     "batch_size": 64, "warmup": 0.06, "seed": seed}
     distillation.update(variant_distillation(variant, args.augment_factor))
     return load_config(raw={
-        "teacher": {"model": args.teacher or minilm(), "epochs": 1.0, "learning_rate": 5e-5, "batch_size": 32, "logit_store": fresh_logit_store()},
+        "teacher": {"model": args.teacher or minilm(), "epochs": args.teacher_epochs, "learning_rate": args.teacher_lr,
+                    "batch_size": 32, "logit_store": fresh_logit_store()},
         "student": {"layers": STUDENT_LAYERS},
         "data": {"train": str(SHARED / "sst2/train.tsv"), "validation": str(SHARED / "sst2/dev.tsv"),
                  "text_column": "sentence", "max_length": 64, "max_train_samples": args.train_rows},
@@ -77,6 +78,9 @@ def main():
     # one teacher for every student seed: a run given only --seeds 43 (as parallel_runs.sh starts them) must reuse
     # the teacher prepared with the others, not train its own
     ap.add_argument("--teacher-seed", type=int, default=42)
+    ap.add_argument("--teacher-epochs", type=float, default=3.0,
+                    help="at most; the best epoch on dev is the teacher, early stopping after 1 epoch without gain")
+    ap.add_argument("--teacher-lr", type=float, default=5e-5)
     ap.add_argument("--prepare-only", action="store_true", help="preprocess and label once, train no student")
     args = ap.parse_args()
     work = Path(args.work) if args.work else CACHE / ("sst2" if args.train_rows is None else f"sst2-rows{args.train_rows}")

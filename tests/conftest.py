@@ -105,6 +105,19 @@ def tiny_setup(tmp_path_factory, sst2_small, bert_tokenizer):
     return cfg, root, teacher, load_prepared(root / "prep")
 
 
+@pytest.fixture()
+def teacher_to_fine_tune(tiny_setup, tiny_bert, tmp_path, monkeypatch):
+    """tiny_setup's config with a base encoder as teacher (fine-tuned with a new head by prepare_teacher), MLflow on
+    SQLite in tmp_path and the model cache there: (config, root folder, the Prepared dataset at root/prep)."""
+    cfg, root, _, prep = tiny_setup
+    monkeypatch.setenv("KDPIPE_CACHE", str(tmp_path / "cache"))
+    cfg = cfg.model_copy(deep=True)
+    cfg.teacher.model = tiny_bert
+    cfg.tracking.uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg.tracking.keep_checkpoints = False
+    return cfg, root, prep
+
+
 def write_tiny_pipeline_config(root: Path, tokenizer, sst2: tuple[str, str], experiment: str, registered_model: str,
                                teacher_labels: int | None = None) -> Path:
     """A tiny teacher (a base encoder that needs fine-tuning, or a classifier with teacher_labels), a one-layer

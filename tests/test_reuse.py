@@ -137,19 +137,13 @@ def test_the_logit_store_in_mlflow(setup, full_pass, tmp_path):
     assert len(client.list_artifacts(runs[0].info.run_id, "logits")) == 2
 
 
-def test_a_fine_tuned_teacher_is_recorded_then_adopted_and_a_damaged_one_is_trained_again(setup, tiny_bert,
-                                                                                        tmp_path, caplog,
-                                                                                        monkeypatch):
+def test_a_fine_tuned_teacher_is_recorded_then_adopted_and_a_damaged_one_is_trained_again(teacher_to_fine_tune,
+                                                                                        tmp_path, caplog):
     from mlflow.tracking import MlflowClient
 
     from kdpipe.steps import finish_tracking, prepare_teacher
 
-    cfg, root, _, _ = setup
-    monkeypatch.setenv("KDPIPE_CACHE", str(tmp_path / "cache"))
-    cfg = cfg.model_copy(deep=True)
-    cfg.teacher.model = tiny_bert  # a base encoder: fine-tuned with a new head
-    cfg.tracking.uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg.tracking.keep_checkpoints = False
+    cfg, root, _ = teacher_to_fine_tune
     first = prepare_teacher(cfg, "run-1", str(root / "prep"), str(tmp_path / "t1"))
     assert first["finetuned"] and not first["reused"] and first["teacher_version"] == "1"
     assert [set(h) >= {"epoch", "eval_loss", "eval_accuracy"} for h in first["learning_curve"]] == [True]  # 1 epoch

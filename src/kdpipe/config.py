@@ -27,6 +27,36 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SearchParam(_Section):
+    """One hyperparameter's range: float/int (low, high, log) or categorical (choices)."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list | None = None
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs choices")
+        elif self.low is None or self.high is None or self.low > self.high or (self.log and self.low <= 0):
+            raise ValueError(f"needs low <= high{' and low > 0 (log scale)' if self.log else ''}")
+        return self
+
+
+def _teacher_setting(name: str, value):
+    """A searched teacher setting's choice as the setting takes it (YAML reads 2e-5 as a string)."""
+    try:
+        number = int(value) if name == "batch_size" else float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} choice {value!r} is not a number") from None
+    if number <= 0 or number != float(value):
+        raise ValueError(f"{name} choice {value!r} must be a positive {'whole ' if name == 'batch_size' else ''}number")
+    return number
+
+
 class TeacherConfig(_Section):
     """The fine-tuned (or to be fine-tuned) classifier to distil."""
 
@@ -57,12 +87,43 @@ class TeacherConfig(_Section):
     logit_store: str = Field("mlflow", description="where teacher logits are stored per row: `mlflow` (the tracking "
                                                    "server's artifact store) or a folder or object-store URL "
                                                    "(`s3://bucket/kdpipe-logits/`) every pod can reach")
+    search_trials: int = Field(0, ge=0, description="fine-tunings tried with settings drawn from "
+                                                    "`teacher.search_space` (Optuna: every combination once when "
+                                                    "all are choices, else the HPO stage's TPE sampler, seeded by "
+                                                    "`hpo.seed`), each stopped early like a single one; the trial "
+                                                    "best on validation is the teacher. Multiplies the fine-tune's "
+                                                    "cost, paid once per teacher key. 0: off, the settings above")
+    search_space: dict[str, SearchParam] = Field(
+        default_factory=lambda: {"learning_rate": SearchParam(type="categorical", choices=[2e-5, 3e-5, 5e-5]),
+                                 "epochs": SearchParam(type="categorical", choices=[3, 5])},
+        description="searched `teacher.*` fine-tuning settings (`learning_rate`, `epochs`, `batch_size`), each "
+                    "`{type: float|int, low, high, log}` or `{type: categorical, choices}`; default: learning rate "
+                    "2e-5, 3e-5 or 5e-5, epochs 3 or 5 (at most: early stopping)")
     shards: int = Field(1, ge=1, le=256, description="tasks the teacher's pass over missing rows is split into (a "
                                                      "ParallelFor, each task on the GPU pool like the training "
                                                      "steps; locally, parallel processes), then merged")
 
     # How the teacher's work is organised, not what it computes: left out of the config hash.
     NOT_DECIDING: ClassVar[tuple[str, ...]] = ("reuse", "logit_store", "shards")
+
+    @field_validator("search_space")
+    @classmethod
+    def _searchable(cls, space: dict) -> dict:
+        unknown = sorted(set(space) - {"learning_rate", "epochs", "batch_size"})
+        if unknown:
+            raise ValueError(f"{unknown} cannot be searched; searchable: ['batch_size', 'epochs', 'learning_rate']")
+        for name, p in space.items():
+            if p.type == "categorical":
+                p.choices = [_teacher_setting(name, c) for c in p.choices]
+            elif name == "batch_size" and p.type != "int":
+                raise ValueError("batch_size is searched as `type: int` or categorical")
+        return space
+
+    @model_validator(mode="after")
+    def _search_has_a_space(self):
+        if self.search_trials and not self.search_space:
+            raise ValueError("teacher.search_trials is set but teacher.search_space is empty")
+        return self
 
     @field_validator("logit_store")
     @classmethod
@@ -452,25 +513,6 @@ def _no_password_in(url: str, key: str, instead: str) -> str:
     if urlsplit(url).password:
         raise ValueError(f"{key} holds a password: {instead}, never in the config")
     return url
-
-
-class SearchParam(_Section):
-    """One hyperparameter's range: float/int (low, high, log) or categorical (choices)."""
-
-    type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: list | None = None
-
-    @model_validator(mode="after")
-    def _range(self):
-        if self.type == "categorical":
-            if not self.choices:
-                raise ValueError("a categorical parameter needs choices")
-        elif self.low is None or self.high is None or self.low > self.high or (self.log and self.low <= 0):
-            raise ValueError(f"needs low <= high{' and low > 0 (log scale)' if self.log else ''}")
-        return self
 
 
 def _blog_space() -> dict:

@@ -39,7 +39,7 @@ def _default(field) -> str:
         return "required"
     value = field.default_factory() if field.default is PydanticUndefined else field.default
     if isinstance(value, dict):
-        return "see below" if value else "{}"
+        return "as described" if value else "{}"
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -62,13 +62,27 @@ def preprocess(ctx: StepContext, dataset_dir: str, force: bool = False) -> dict:
 
 
 @tracked_step()
-def prepare_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, force: bool = False) -> dict:
+def prepare_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, force: bool = False,
+                    report_file: str | None = None) -> dict:
     """The teacher later steps load, as the result's `teacher_ref`: "" (fine-tuned here, into teacher_dir), the
     registered version of a teacher an earlier run fine-tuned with the same key (teacher.reuse auto, not
-    `force`), or the configured teacher when it is already a classifier for these labels."""
+    `force`), or the configured teacher when it is already a classifier for these labels. Its Markdown report (a
+    fine-tune's learning curve) goes onto the step's MLflow run and into report_file (the KFP component's)."""
+    from kdpipe.teacher_tuning import REPORT, report
+
+    result = _teacher_for(ctx, dataset_dir, teacher_dir, force)
+    text = report(ctx.cfg, result)
+    ctx.log_text(text, REPORT)
+    if report_file:
+        Path(report_file).write_text(text)
+    return result
+
+
+def _teacher_for(ctx: StepContext, dataset_dir: str, teacher_dir: str, force: bool) -> dict:
     from kdpipe.artifacts import load_prepared
     from kdpipe.teacher import finetune_teacher, teacher_needs_finetuning
     from kdpipe.teacher_reuse import REUSED_TAG, adopt_teacher, record_teacher, recorded_digest, teacher_key
+    from kdpipe.teacher_tuning import learning_curve, search_teacher
 
     cfg, prep = ctx.cfg, load_prepared(dataset_dir)
     needed, why = teacher_needs_finetuning(cfg, prep.schema)
@@ -89,18 +103,21 @@ def prepare_teacher(ctx: StepContext, dataset_dir: str, teacher_dir: str, force:
                 "reason": f"{why}; fine-tuned with the same key by pipeline run {adopted['pipeline_run']} "
                           f"({adopted['reference']}), adopted"}
     ctx.log_datasets(dataset_dir, ["train", "validation"])
-    trained = finetune_teacher(cfg, dataset_dir, teacher_dir, keeper=ctx.checkpoints())
-    # The learning curve: each epoch's validation figures, as MLflow curves and in the step's result.
-    curve = [{k: v for k, v in h.items() if k == "epoch" or k.startswith("eval_") and not k.endswith(
-        ("_runtime", "_per_second"))} for h in trained.pop("epoch_history", [])]
+    tune = search_teacher if cfg.teacher.search_trials else finetune_teacher
+    trained = tune(cfg, dataset_dir, teacher_dir, keeper=ctx.checkpoints())
+    # The learning curve: each epoch's training loss and validation figures, as MLflow curves, in the step's
+    # result and in its report (with the search's trials).
+    curve = learning_curve(trained.pop("epoch_history", []))
     for name in sorted({k for h in curve for k in h if k != "epoch"}):
         ctx.log_history(f"teacher_{name}", [(int(round(h["epoch"])), h[name]) for h in curve if name in h])
     version = record_teacher(cfg, ctx.run_id, trained["model_dir"], key, trained["digest"], ctx.pipeline_run)
     ctx.tag_parent({"kdpipe.teacher_version": version})
     return {"finetuned": True, "reused": False, "reason": why, "teacher_ref": "", "teacher_key": key,
-            "teacher_digest": trained["digest"],
-            "teacher_version": version, "metrics": trained["metrics"], "train_runtime_s": trained["train_runtime_s"],
-            "learning_curve": curve, "epochs_run": trained.get("epochs_run"), "best_epoch": trained.get("best_epoch")}
+            "teacher_digest": trained["digest"], "teacher_version": version, "metrics": trained["metrics"],
+            "train_runtime_s": trained["train_runtime_s"], "learning_curve": curve,
+            "epochs_run": trained.get("epochs_run"), "best_epoch": trained.get("best_epoch"),
+            "selected_by": prep.schema.primary_metric(cfg.gate.metric),
+            **{k: trained[k] for k in ("params", "search", "search_best_trial") if k in trained}}
 
 
 @tracked_step()

@@ -110,6 +110,8 @@ def build_summary(cfg: Config, pipeline_run: str, wall: float, run_dir: Path | s
         "teacher": {"metrics": results.get("evaluate_teacher", {}).get("metrics"),
                     "split": results.get("evaluate_teacher", {}).get("split"),
                     "finetuned": results.get("prepare_teacher", {}).get("finetuned"),
+                    **{k: results.get("prepare_teacher", {}).get(k) for k in ("best_epoch", "epochs_run")},
+                    "search_trials": len(results.get("prepare_teacher", {}).get("search") or []),
                     **teacher_reuse(results),
                     "latency_ms_b1": results.get("evaluate_teacher", {}).get("latency_ms_b1")},
         "student": {"metrics": gate.get("metrics"), "split": gate.get("split"), "latency_ms_b1": gate.get("latency_ms_b1"),
@@ -166,7 +168,10 @@ def print_summary(summary: dict, steps: bool = True) -> None:
     if teacher.get("reused_from_run"):
         print(f"    reused: registered teacher v{teacher['version']}, fine-tuned by run {teacher['reused_from_run']}")
     elif teacher.get("finetuned"):
-        print(f"    fine-tuned, registered as teacher v{teacher['version']}")
+        kept = (f": epoch {teacher['best_epoch']:g} of {teacher['epochs_run']:g} run"
+                if teacher.get("best_epoch") is not None and teacher.get("epochs_run") is not None else "")
+        searched = f", best of {teacher['search_trials']} search trials" if teacher.get("search_trials") else ""
+        print(f"    fine-tuned{kept}{searched}, registered as teacher v{teacher['version']} (report: teacher.md)")
     if teacher.get("logits"):
         n = teacher["logits"]
         print(f"    logits: {n['rows_reused']} rows reused, {n['rows_computed']} computed"

@@ -64,7 +64,8 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, kee
                               weight_decay=0.01, warmup=0.1, seed=cfg.distillation.seed,
                               mixed_precision=cfg.distillation.mixed_precision,
                               group_by_length=cfg.distillation.group_by_length, load_best_model_at_end=True,
-                              metric_for_best_model=metric, greater_is_better=True)
+                              metric_for_best_model=metric, greater_is_better=True,
+                              logging_strategy="epoch")  # the learning curve: each epoch's mean training loss
     hard_labels_only = DistillationLoss([LossTerm(name="auto", alpha=1.0, temperature=1.0)], prep.schema)
     stopping = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
     trainer = DistillationTrainer(model=model, args=args, train_dataset=prep.dataset["train"],
@@ -73,7 +74,7 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, kee
                                   compute_metrics=lambda p: compute_metrics(p.predictions, p.label_ids, prep.schema,
                                                                             cfg.metrics.threshold))
     stats = train(trainer, out_dir / "checkpoints", teacher_key(cfg, prep), keeper)
-    history = [h for h in trainer.state.log_history if "eval_loss" in h]
+    history = with_train_loss(trainer.state.log_history)
     if not parallel.is_main():
         return {}  # rank 0 saves the teacher
     model.save_pretrained(str(out_dir / "model"), safe_serialization=True)
@@ -85,6 +86,19 @@ def finetune_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, kee
     return {"model_dir": str(out_dir / "model"), "metrics": metrics, "digest": weights_digest(model), **stats,
             "epoch_history": history, "epochs_run": history[-1]["epoch"] if history else None,
             "best_epoch": next((h["epoch"] for h in history if h.get(f"eval_{metric}") == best), None)}
+
+
+def with_train_loss(log_history: list[dict]) -> list[dict]:
+    """Each evaluation's entry of the Trainer's log, with the mean training loss logged since the one before (the
+    fine-tune logs it once per epoch): the learning curve, one row per epoch."""
+    curve, losses = [], []
+    for h in log_history:
+        if "loss" in h:
+            losses.append(h["loss"])
+        elif "eval_loss" in h:
+            curve.append({**h, **({"train_loss": float(np.mean(losses))} if losses else {})})
+            losses = []
+    return curve
 
 
 def teacher_source(cfg: Config, teacher_dir: str | Path, teacher_ref: str) -> str:

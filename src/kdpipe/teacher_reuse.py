@@ -39,6 +39,10 @@ def teacher_key(cfg: Config, prep: Prepared) -> str:
                "group_by_length": d.group_by_length,
                "processes": processes(cfg), "data": [prep.fingerprint("train"), prep.fingerprint("validation")],
                "schema": prep.info["schema"], "max_length": prep.info["max_length"]}
+    if t.search_trials:  # the settings the search draws are not those above
+        decides = {k: v for k, v in decides.items() if k not in t.search_space}
+        decides["search"] = {"trials": t.search_trials, "seed": cfg.hpo.seed,
+                             "space": {k: v.model_dump() for k, v in sorted(t.search_space.items())}}
     return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -83,12 +83,13 @@ def preprocess(config_json: str, pipeline_run: str, dataset: Output[Dataset], me
 
 @step_component(trains=True, retries=2)
 def prepare_teacher(config_json: str, pipeline_run: str, dataset: Input[Dataset], teacher: Output[Model],
-                    metrics: Output[Metrics], force: bool = False):
+                    metrics: Output[Metrics], report: Output[Markdown], force: bool = False):
     """`teacher` holds the teacher fine-tuned here, or (metadata teacher_ref) names the one to use as is: the
-    configured teacher, or the registered version an earlier run fine-tuned with the same key."""
+    configured teacher, or the registered version an earlier run fine-tuned with the same key. `report`: its
+    learning curve (and search trials), or why none was fine-tuned."""
     from kdpipe_kfp.executor import run_step
 
-    result = run_step("prepare_teacher", config_json, pipeline_run, dataset.path, teacher.path, force,
+    result = run_step("prepare_teacher", config_json, pipeline_run, dataset.path, teacher.path, force, report.path,
                       metrics=metrics)
     teacher.metadata.update({"teacher_ref": result["teacher_ref"], "finetuned": result["finetuned"],
                              "reused": result["reused"], "teacher_digest": result["teacher_digest"]})
