@@ -32,6 +32,14 @@ def test_the_learning_curve_has_each_epochs_mean_training_loss_and_the_report_ma
     assert "Search" not in text
 
 
+def test_searched_choices_are_the_settings_types_and_survive_the_trip_as_a_pipeline_parameter(tiny_setup):
+    from kdpipe.config import config_from_json
+
+    cfg = tiny_setup[0]
+    assert cfg.teacher.search_space["epochs"].choices == [3.0, 5.0]  # the default, validated like a given one
+    assert config_from_json(cfg.model_dump_json()).hash() == cfg.hash()  # an unchanged run must stay unchanged
+
+
 def test_a_teacher_search_keeps_its_best_trial_and_reports_every_trial(teacher_to_fine_tune, tmp_path):
     from mlflow.tracking import MlflowClient
 

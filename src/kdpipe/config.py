@@ -96,6 +96,8 @@ class TeacherConfig(_Section):
     search_space: dict[str, SearchParam] = Field(
         default_factory=lambda: {"learning_rate": SearchParam(type="categorical", choices=[2e-5, 3e-5, 5e-5]),
                                  "epochs": SearchParam(type="categorical", choices=[3, 5])},
+        validate_default=True,  # the default's choices as the validator makes them: the config hashes alike after
+                                # travelling as JSON (a pipeline parameter)
         description="searched `teacher.*` fine-tuning settings (`learning_rate`, `epochs`, `batch_size`), each "
                     "`{type: float|int, low, high, log}` or `{type: categorical, choices}`; default: learning rate "
                     "2e-5, 3e-5 or 5e-5, epochs 3 or 5 (at most: early stopping)")
