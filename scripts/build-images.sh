@@ -12,6 +12,11 @@
 #   docker build -f docker/Dockerfile.cuda -t <repo>:<version>-cuda .
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# One build at a time: scripts/test.sh starts one ahead of the suite, and the suite's own call waits for it here
+# (then finds every layer cached).
+mkdir -p build
+exec 9>build/.build-images.lock
+flock 9
 started=$(date +%s)
 PY=${KDPIPE_PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3

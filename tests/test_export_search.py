@@ -18,10 +18,11 @@ def limits(rate=None, drop=0.02):
 
 
 def test_candidates_per_mode():
-    assert [c.name for c in first_candidates("off", ["fused", "unfused"])] == ["fused/dynamic"]
-    assert [c.name for c in first_candidates("fast", ["fused", "unfused"])] == ["fused/dynamic", "unfused/dynamic"]
-    assert [c.name for c in first_candidates("full", ["fused", "unfused"])] == [
-        "fused/dynamic", "unfused/dynamic", "fused/static", "unfused/static"]
+    graphs = ["fused", "lean", "unfused"]
+    assert [c.name for c in first_candidates("off", graphs)] == ["fused/dynamic"]
+    assert [c.name for c in first_candidates("fast", graphs)] == ["fused/dynamic", "lean/dynamic", "unfused/dynamic"]
+    assert [c.name for c in first_candidates("full", graphs)] == [
+        "fused/dynamic", "lean/dynamic", "unfused/dynamic", "fused/static", "lean/static", "unfused/static"]
     assert [c.name for c in first_candidates("fast", ["unfused"])] == ["unfused/dynamic"]  # not a fusable model
     assert Candidate("unfused", "dynamic", ("layer.0",)).name == "unfused/dynamic, layer.0 fp32"
 
@@ -58,3 +59,30 @@ def test_speeds_within_the_machines_noise_are_level_and_fewer_flips_decide():
     """2% faster is inside this CPU's run-to-run spread: the variant with fewer flips ships; 10% faster is not."""
     assert _best([row("reference", 0.60, 5), row("other", 0.59, 9)], None, limits())["candidate"] == "reference"
     assert _best([row("reference", 0.60, 5), row("other", 0.54, 9)], None, limits())["candidate"] == "other"
+
+
+def test_the_lean_graph_keeps_layer_norm_apart_and_the_fused_logits(tiny_bert, tmp_path):
+    """export.to_onnx's lean graph: attention and embeddings fused, LayerNormalization and Gelu left as ONNX ops
+    (their CPU kernels were the faster ones), the same logits as the fused graph in kdpipe's sessions."""
+    from collections import Counter
+
+    import numpy as np
+    import onnx
+
+    from kdpipe.export import to_onnx
+    from kdpipe.modeling import load_classifier
+    from kdpipe.serving import session
+    from kdpipe.task import SINGLE, LabelSchema
+
+    model, schema = load_classifier(tiny_bert), LabelSchema(SINGLE, ["0", "1"])
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    fused = to_onnx(model, names, tmp_path / "fused.onnx", schema, {"producer": "test"}, lean=tmp_path / "lean.onnx")
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "lean.onnx")).graph.node)
+    assert fused["SkipLayerNormalization"] > 0 and fused["Attention"] == ops["Attention"] > 0
+    assert ops["SkipLayerNormalization"] == ops["BiasGelu"] == 0 and ops["LayerNormalization"] and ops["Gelu"]
+    feed = {k: np.random.default_rng(0).integers(1, 100, (3, 16)) if k == "input_ids" else np.ones((3, 16), np.int64)
+            for k in names}
+    feed["token_type_ids"] = np.zeros((3, 16), np.int64)
+    lean, full = (session(tmp_path / f).run(["logits"], feed)[0] for f in ("lean.onnx", "fused.onnx"))
+    assert np.abs(lean - full).max() < 1e-4
+    assert session(tmp_path / "lean.onnx").get_modelmeta().custom_metadata_map["producer"] == "test"

@@ -222,10 +222,10 @@ def test_export_parity_metadata_int8_and_predict(setup, student_artifact, capsys
     assert result["metrics_fp32"] == result["metrics_torch"]
     assert (root / "onnx/model.int8.onnx").is_file() and result["int8_metric_drop"] <= cfg.export.max_int8_metric_drop
     assert set(result["latency_ms"]) == {"fp32_b1", "fp32_b32", "int8_b1", "int8_b32"}
-    # export.search fast: dynamic int8 of the fused graph (the reference) and of the unfused one, each timed and
-    # judged; the one shipped is the table's chosen row.
+    # export.search fast: dynamic int8 of the fused graph (the reference), the lean and the unfused one, each timed
+    # and judged; the one shipped is the table's chosen row.
     searched = result["int8_search"]
-    assert [r["candidate"] for r in searched] == ["fused/dynamic", "unfused/dynamic"]
+    assert [r["candidate"] for r in searched] == ["fused/dynamic", "lean/dynamic", "unfused/dynamic"]
     [chosen] = [r for r in searched if r["chosen"]]
     assert chosen["candidate"] == result["int8_variant"] and chosen["why_not"] is None
     assert chosen["latency_ms"][32] == result["latency_ms"]["int8_b32"] and chosen["flips"] == result["int8_label_flips"]
@@ -290,8 +290,9 @@ def test_full_export_search_tries_static_and_a_layer_in_fp32(setup, student_arti
     full = cfg.model_copy(update={"export": cfg.export.model_copy(update={"search": "full"})})
     result = export_onnx(full, student_artifact, root / "prep", tmp_path / "full")
     names = [r["candidate"] for r in result["int8_search"]]
-    assert names[:4] == ["fused/dynamic", "unfused/dynamic", "fused/static", "unfused/static"], names
-    assert len(names) == 5 and " fp32" in names[4] and names[4].split(",")[0] in names[:4]
+    assert names[:6] == ["fused/dynamic", "lean/dynamic", "unfused/dynamic", "fused/static", "lean/static",
+                         "unfused/static"], names
+    assert len(names) == 7 and " fp32" in names[6] and names[6].split(",")[0] in names[:6]
     assert sum(r["chosen"] for r in result["int8_search"]) == 1 and result["int8_search_seconds"] > 0
     table = search_table(result, [1, 32])
     assert table.count("\n") == 2 + len(names) and "**shipped**" in table

@@ -435,9 +435,10 @@ class ExportConfig(_Section):
         "fast", description="int8 variants tried, each timed on the step's CPU at search_batch_sizes and judged "
                             "by the gate's metric and its label flips; the fastest inside max_int8_metric_drop and "
                             "the flip budget ships. off: dynamic per-channel int8 of the fused graph only; fast: "
-                            "also of the unfused graph (4-7 s more than off for a 2-layer MiniLM student judged on 872 rows); "
-                            "full: also static int8 calibrated on training rows, and the best variant with its most "
-                            "sensitive layer kept in fp32 (17-46 s more; docs/benchmarks.md (b))")
+                            "also of the lean graph (no SkipLayerNormalization, BiasGelu) and of the unfused one "
+                            "(2-17 s more than off: the demo, and a 2-layer MiniLM student judged on 872 rows); "
+                            "full: also static int8 calibrated on training rows, and the reference with its most "
+                            "sensitive layer kept in fp32 (28-66 s more; docs/benchmarks.md (b))")
     search_batch_sizes: list[int] = Field([1, 32], min_length=1, description="batch sizes each variant is timed "
                                                                               "at; the speed compared is the "
                                                                               "geometric mean of its times as a "

@@ -38,14 +38,19 @@ def _wrapped(model, schema: LabelSchema, input_names: list[str]):
 # Encoders whose graphs ONNX Runtime's "bert" fusions recognize (attention, embedding + layer norm, skip layer
 # norm, bias GELU): the same passes Hugging Face Optimum applies at its optimization level 2.
 FUSABLE = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+# The `lean` graph: ONNX Runtime's fusions but SkipLayerNormalization and BiasGelu. On ORT 1.31's x86 CPU kernels Add
+# + LayerNormalization ran 3-4x faster than SkipLayerNormalization (32x128x384, bench/ort_kernels.py) and the bias of
+# Gelu joins the int8 MatMul before it; kdpipe's sessions keep them apart (serving.ORT_FUSIONS_OFF).
+# docs/benchmarks.md (b).
+LEAN = {"enable_skip_layer_norm": False, "enable_bias_skip_layer_norm": False, "enable_bias_gelu": False}
 
 
 def to_onnx(model, input_names: list[str], path: Path, schema: LabelSchema, metadata: dict, opset: int = 18,
-            fuse: bool = True, unfused: Path | None = None) -> dict:
+            fuse: bool = True, unfused: Path | None = None, lean: Path | None = None) -> dict:
     """Export (TorchScript exporter, eager attention: the graph patterns ONNX Runtime's fusions know), then fuse
     for CPU when the architecture is one they cover. Returns the fused operator counts ({} when not fused).
-    `unfused`: where to keep the graph as exported, before fusion, with the same metadata (the export search
-    quantizes it too)."""
+    `unfused`, `lean`: where to keep the graph as exported and its lean fusion (LEAN; only when fused), with the
+    same metadata: the export search quantizes them too."""
     import torch
 
     model = model.float().cpu().eval()
@@ -62,7 +67,14 @@ def to_onnx(model, input_names: list[str], path: Path, schema: LabelSchema, meta
     if unfused is not None:
         shutil.copyfile(path, unfused)
         _stamp(unfused, metadata)
-    fused = _fuse(path, model.config) if fuse and model.config.model_type in FUSABLE else {}
+    if not (fuse and model.config.model_type in FUSABLE):
+        _stamp(path, metadata)
+        return {}
+    if lean is not None:
+        shutil.copyfile(path, lean)
+        _fuse(lean, model.config, LEAN)
+        _stamp(lean, metadata)
+    fused = _fuse(path, model.config)
     _stamp(path, metadata)
     return fused
 
@@ -78,15 +90,19 @@ def _stamp(path: Path, metadata: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def _fuse(path: Path, config) -> dict:
-    """ONNX Runtime's transformer fusions, in place; then symbolic shape inference (it knows the fused operators),
-    which int8 quantization needs for their outputs' types."""
+def _fuse(path: Path, config, without: dict | None = None) -> dict:
+    """ONNX Runtime's transformer fusions (`without`: FusionOptions switched off), in place; then symbolic shape
+    inference (it knows the fused operators), which int8 quantization needs for their outputs' types."""
     import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    options = FusionOptions("bert")
+    for name, value in (without or {}).items():
+        setattr(options, name, value)
     optimized = optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
-                               hidden_size=config.hidden_size)
+                               hidden_size=config.hidden_size, optimization_options=options)
     counts = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     onnx.save(SymbolicShapeInference.infer_shapes(optimized.model, auto_merge=True), str(path))
     return counts
@@ -149,7 +165,7 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str, teacher_lo
         metadata["thresholds"] = thresholds  # per label, tuned on validation: what predict and serving decide with
     searching = e.quantize and e.search != "off"
     fused = to_onnx(model, input_names, files.fp32, schema, metadata, e.opset, e.fuse,
-                    unfused=work / "unfused.onnx" if searching else None)
+                    unfused=work / "unfused.onnx" if searching else None, lean=work / "lean.onnx" if searching else None)
     tokenizer.save_pretrained(str(out_dir))
     split = prep.eval_split
 
@@ -198,7 +214,7 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str, teacher_lo
     if e.quantize:
         graphs = {("fused" if fused else "unfused"): files.fp32}
         if searching and fused:
-            graphs["unfused"] = work / "unfused.onnx"
+            graphs.update({"lean": work / "lean.onnx", "unfused": work / "unfused.onnx"})
         searched = search(e.search, graphs, work, judge, timed, e, _calibration(prep, tokenizer, input_names,
                                                                                 e.calibration_rows))
         result["latency_ms"] = {f"fp32_b{b}": ms for b, ms in searched.fp32_ms.items()}

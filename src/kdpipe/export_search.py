@@ -2,8 +2,8 @@
 batch sizes and judged by its decisions (the gate's metric on validation; label flips against fp32 and
 disagreements with the teacher on the evaluation rows); the fastest one inside the budget ships as
 `model.int8.onnx`. export.search: `off` makes today's variant only (fused graph, dynamic per-channel int8), `fast`
-adds dynamic int8 of the unfused graph, `full` adds static int8 calibrated on training rows and the best variant
-with its most sensitive layer kept in fp32. docs/benchmarks.md (b) has the figures that chose these candidates."""
+adds dynamic int8 of the lean and the unfused graphs, `full` adds static int8 calibrated on training rows and the
+reference with its most sensitive layer kept in fp32. docs/benchmarks.md (b) has the figures that chose these candidates."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Candidate:
-    graph: str  # "fused" (ONNX Runtime's transformer fusions) or "unfused" (the exporter's graph)
+    graph: str  # "fused" (ONNX Runtime's transformer fusions), "lean" (those but SkipLayerNormalization and BiasGelu:
+    # export.LEAN) or "unfused" (the exporter's graph)
     method: str  # "dynamic" (weights int8, activations scaled per batch) or "static" (calibrated scales)
     keep_fp32: tuple[str, ...] = ()  # node groups (node_groups) left unquantized
 

@@ -59,10 +59,17 @@ def encoder(folder: Path, max_length: int):
     return (TextEncoder if (folder / "tokenizer.json").is_file() else TransformersEncoder)(folder, max_length)
 
 
+# ONNX Runtime fuses Add + LayerNormalization into SkipLayerNormalization when a session starts; that CPU kernel ran
+# 3-4x slower than the two ops (ORT 1.31, x86; bench/ort_kernels.py), so kdpipe's sessions leave them apart. A graph
+# fused offline (the export's `fused` graph) keeps the op it was fused with; the export search times each graph as
+# served here.
+ORT_FUSIONS_OFF = ["SkipLayerNormFusion"]
+
+
 def session(path: Path):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"], disabled_optimizers=ORT_FUSIONS_OFF)
 
 
 class OnnxClassifier:
