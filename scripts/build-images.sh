@@ -58,8 +58,18 @@ if [ "$(cat build/wheelhouse/.stamp 2>/dev/null)" != "$STAMP" ]; then
   echo "$STAMP" > build/wheelhouse/.stamp
 fi
 
-# The wheelhouse reaches the build over loopback (no layer of wheels in the image).
-PORT=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+# The wheelhouse reaches the build over loopback (no layer of wheels in the image). Its address is a build arg, so
+# part of the install layer's cache key: the same port every time (KDPIPE_WHEELHOUSE_PORT) keeps an unchanged
+# rebuild a cache hit; a free one is taken only when that port is busy (that build then misses the cache).
+PORT=$("$PY" -c "
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server binds: the last build's port in TIME_WAIT
+try:
+    s.bind(('127.0.0.1', int(sys.argv[1])))
+except OSError:
+    s.bind(('127.0.0.1', 0))
+print(s.getsockname()[1])" "${KDPIPE_WHEELHOUSE_PORT:-47311}")
 "$PY" -m http.server --bind 127.0.0.1 --directory build/wheelhouse "$PORT" >/dev/null 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; rm -rf build/context' EXIT
