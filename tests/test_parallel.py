@@ -10,8 +10,13 @@ from tests.conftest import base_config
 
 
 def fails_on_bad_input(cfg, keeper=None, path: str = ""):
-    """Run in each rank by the test below."""
-    raise DataError(f"{path}: row 3 has no label")
+    """Run in each rank by the test below; rank 1 fails first, and torchrun then stops rank 0 before it fails."""
+    import os
+    import time
+
+    if os.environ["RANK"] == "0":
+        time.sleep(30)
+    raise DataError(f"{path}: row 3 has no label (rank {os.environ['RANK']})")
 
 
 def test_a_batch_that_does_not_split_is_refused_before_any_process_starts(tmp_path):
@@ -30,7 +35,7 @@ def test_a_bad_input_error_in_a_rank_is_the_steps_error(tmp_path):
     for name in ("t.tsv", "v.tsv"):
         (tmp_path / name).write_text("sentence\tlabel\nfine\t1\n")
     cfg = load_config(raw=base_config(str(tmp_path), str(tmp_path / "t.tsv"), str(tmp_path / "v.tsv")))
-    with pytest.raises(DataError, match="train.csv: row 3 has no label"):
+    with pytest.raises(DataError, match=r"train.csv: row 3 has no label \(rank 1\)"):
         run_parallel("tests.test_parallel:fails_on_bad_input", 2, cfg, path="train.csv")
 
 

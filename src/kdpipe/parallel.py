@@ -58,7 +58,8 @@ def check_batch(batch_size: int, n: int, key: str) -> int:
 
 def run_parallel(function: str, n: int, cfg, keeper=None, **kwargs) -> dict:
     """Run `function` ("module:name", called as function(cfg, **kwargs, keeper=...)) as n ranks under torchrun;
-    rank 0's return value. A bad-input error on rank 0 is raised here as the same kdpipe error."""
+    rank 0's return value. A bad-input error in any rank (the first to fail) is raised here as the same kdpipe
+    error."""
     with tempfile.TemporaryDirectory(prefix="kdpipe-ddp-") as folder:
         spec = {"function": function, "config": cfg.to_dict(), "kwargs": kwargs,
                 "keeper": [keeper.run_id, keeper.pipeline_run] if keeper is not None else None}
@@ -77,7 +78,8 @@ def run_parallel(function: str, n: int, cfg, keeper=None, **kwargs) -> dict:
 
 
 def _rank_main(folder: str) -> None:
-    """One rank: the function with the config, rank 0's keeper, and its result or bad-input error written."""
+    """One rank: the function with the config, rank 0's keeper; rank 0's result written, or the first bad-input
+    error of any rank."""
     from kdpipe.config import Config
 
     if is_main():  # the step's progress and lifecycle lines, once
@@ -95,9 +97,13 @@ def _rank_main(folder: str) -> None:
     module, name = spec["function"].split(":")
     try:
         result = getattr(importlib.import_module(module), name)(cfg, **spec["kwargs"], keeper=keeper)
-    except errors.KdpipeError as e:
-        if is_main():
-            Path(folder, ERROR).write_text(json.dumps({"type": type(e).__name__, "message": str(e)}))
+    except errors.KdpipeError as e:  # from any rank: torchrun stops the others as soon as one fails
+        mine = Path(folder, f"error-{os.environ.get('RANK', '0')}.json")
+        mine.write_text(json.dumps({"type": type(e).__name__, "message": str(e)}))
+        try:
+            os.link(mine, Path(folder, ERROR))  # whole and first: a later rank's error does not replace it
+        except FileExistsError:
+            pass
         raise
     if is_main():
         Path(folder, RESULT).write_text(json.dumps(result, default=str))
