@@ -1,7 +1,7 @@
 """Benchmark (b): why the export search has a `lean` graph. ONNX Runtime's SkipLayerNormalization (what its
 transformer fusions and its own load-time fusion make of Add + LayerNormalization) against the two ops it replaces,
 on one BERT residual (batch x sequence x hidden), in a plain session and in kdpipe's (serving.session: the
-load-time fusion off). Best of 5 means of 20 runs each; run it on the CPU a model will be served on.
+load-time fusion off). Best of 5 medians of 20 runs each; run it on the CPU a model will be served on.
 
     .venv/bin/python bench/ort_kernels.py [--shape 32 128 384]
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from common import save
 
+from kdpipe.metrics import measure_latency
 from kdpipe.serving import ORT_FUSIONS_OFF
 
 
@@ -41,17 +41,8 @@ def timed(path: Path, disabled: list[str]) -> float:
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
     rng = np.random.default_rng(0)
-    feed = {n: rng.standard_normal(tuple(i.shape), dtype=np.float32) for n, i in
-            zip(("x", "skip"), sess.get_inputs())}
-    for _ in range(5):
-        sess.run(None, feed)
-    best = float("inf")
-    for _ in range(5):
-        began = time.perf_counter()
-        for _ in range(20):
-            sess.run(None, feed)
-        best = min(best, (time.perf_counter() - began) / 20 * 1000)
-    return best
+    feed = {i.name: rng.standard_normal(tuple(i.shape), dtype=np.float32) for i in sess.get_inputs()}
+    return min(measure_latency(lambda: sess.run(None, feed), runs=20, warmup=5) for _ in range(5))
 
 
 def main() -> None:

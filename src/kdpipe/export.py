@@ -164,8 +164,8 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str, teacher_lo
     if isinstance(thresholds, list):
         metadata["thresholds"] = thresholds  # per label, tuned on validation: what predict and serving decide with
     searching = e.quantize and e.search != "off"
-    fused = to_onnx(model, input_names, files.fp32, schema, metadata, e.opset, e.fuse,
-                    unfused=work / "unfused.onnx" if searching else None, lean=work / "lean.onnx" if searching else None)
+    more_graphs = {"lean": work / "lean.onnx", "unfused": work / "unfused.onnx"} if searching else {}
+    fused = to_onnx(model, input_names, files.fp32, schema, metadata, e.opset, e.fuse, **more_graphs)
     tokenizer.save_pretrained(str(out_dir))
     split = prep.eval_split
 
@@ -213,8 +213,8 @@ def _export(cfg, prep, student_dir: Path, out_dir: Path, metric: str, teacher_lo
         result["fp32_teacher_disagreements"] = int((~agrees(fp32_decided, teacher_decided)).sum())
     if e.quantize:
         graphs = {("fused" if fused else "unfused"): files.fp32}
-        if searching and fused:
-            graphs.update({"lean": work / "lean.onnx", "unfused": work / "unfused.onnx"})
+        if fused:
+            graphs.update(more_graphs)
         searched = search(e.search, graphs, work, judge, timed, e, _calibration(prep, tokenizer, input_names,
                                                                                 e.calibration_rows))
         result["latency_ms"] = {f"fp32_b{b}": ms for b, ms in searched.fp32_ms.items()}
